@@ -1,0 +1,24 @@
+"""d2kd's config keys. ``add_d2kd_config(cfg)`` adds every node; Detectron2's defaults are never edited."""
+
+from detectron2.config import CfgNode as CN
+
+from .detectors import add_atss_config, add_fcos_config
+from .kd import add_kd_config
+
+__all__ = ["add_d2kd_config", "get_d2kd_cfg"]
+
+
+def add_d2kd_config(cfg: CN) -> None:
+    """Add all of d2kd's config nodes to ``cfg`` (a clone of Detectron2's defaults) in place."""
+    add_kd_config(cfg)
+    add_fcos_config(cfg)
+    add_atss_config(cfg)
+
+
+def get_d2kd_cfg() -> CN:
+    """Detectron2's default config with d2kd's keys added."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_d2kd_config(cfg)
+    return cfg

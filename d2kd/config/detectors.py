@@ -1,0 +1,45 @@
+"""Config nodes of the dense detectors d2kd registers for yacs: ``MODEL.FCOS`` and ``MODEL.ATSS``."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_fcos_config(cfg: CN) -> None:
+    """Add ``cfg.MODEL.FCOS`` (Detectron2's FCOS has no yacs keys of its own)."""
+    _C = cfg
+    _C.MODEL.FCOS = CN()
+    _C.MODEL.FCOS.NUM_CLASSES = 80
+    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convolutions in each tower, and their norm ("GN" trains stably from scratch).
+    _C.MODEL.FCOS.NUM_CONVS = 4
+    _C.MODEL.FCOS.HEAD_NORM = "GN"
+    _C.MODEL.FCOS.PRIOR_PROB = 0.01
+    _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    # Radius (in strides) around a box centre inside which points are positives.
+    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
+    _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+
+
+def add_atss_config(cfg: CN) -> None:
+    """Add ``cfg.MODEL.ATSS``: hyper-parameters as in the ATSS paper (Zhang et al., CVPR 2020)."""
+    _C = cfg
+    _C.MODEL.ATSS = CN()
+    _C.MODEL.ATSS.NUM_CLASSES = 80
+    _C.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.MODEL.ATSS.NUM_CONVS = 4
+    _C.MODEL.ATSS.HEAD_NORM = "GN"
+    _C.MODEL.ATSS.PRIOR_PROB = 0.01
+    # One square anchor per location whose side is ANCHOR_SCALE x stride.
+    _C.MODEL.ATSS.ANCHOR_SCALE = 8.0
+    # Candidates per level (closest anchor centres to each box centre).
+    _C.MODEL.ATSS.TOPK = 9
+    _C.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
+    # Box coder weights: (1/0.1, 1/0.1, 1/0.2, 1/0.2), i.e. mmdet's DeltaXYWH stds.
+    _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    _C.MODEL.ATSS.GIOU_LOSS_WEIGHT = 2.0
+    _C.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
+    _C.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
+    _C.MODEL.ATSS.NMS_THRESH_TEST = 0.6

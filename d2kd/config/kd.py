@@ -1,0 +1,64 @@
+"""The ``MODEL.KD`` node: teacher, student, distillation losses and their schedule."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_kd_config(cfg: CN) -> None:
+    """Add ``cfg.MODEL.KD`` (shared by every distillation method) to ``cfg`` in place."""
+    _C = cfg
+    _C.MODEL.KD = CN()
+    # Meta-architecture of the student, built from the main config. The main config *is* the
+    # student's config, so setting MODEL.META_ARCHITECTURE to this value evaluates the plain student.
+    _C.MODEL.KD.STUDENT_META_ARCHITECTURE = "RetinaNet"
+    # Optional weights loaded into the student alone at build time (e.g. an ImageNet backbone).
+    # MODEL.WEIGHTS stays for checkpoints of the whole distillation model (--resume, --eval-only).
+    _C.MODEL.KD.STUDENT_WEIGHTS = ""
+
+    _C.MODEL.KD.TEACHER = CN()
+    # Detectron2/d2kd config file of the teacher (a stock detector config).
+    _C.MODEL.KD.TEACHER.CONFIG_FILE = ""
+    # Checkpoint of the trained teacher. Loading is strict: any missing, unexpected or
+    # mis-shaped key raises an error that names the keys.
+    _C.MODEL.KD.TEACHER.WEIGHTS = ""
+    # Extra "KEY VALUE" overrides applied to the teacher config after CONFIG_FILE.
+    _C.MODEL.KD.TEACHER.OPTS = []
+    # A teacher without weights is almost always a mistake; allow it only for tests/benchmarks.
+    _C.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = False
+    # Load the teacher weights when the model is built. train_net.py turns this off for
+    # --eval-only, where only the student runs (the teacher architecture is still built so that
+    # distillation-loss parameters in the checkpoint have a home).
+    _C.MODEL.KD.TEACHER.LOAD_WEIGHTS = True
+    # How the teacher is run in training: "auto" | "dense" (backbone + head + anchors of a
+    # DenseDetector) | "backbone" (backbone/FPN only) | "distill" (model.forward_distill).
+    # "auto" picks "distill" when the teacher has forward_distill, else "dense" for dense
+    # detectors, else "backbone".
+    _C.MODEL.KD.TEACHER.RUN = "auto"
+    # Evaluate the teacher on DATASETS.TEST before training and log its metrics (teacher/...).
+    _C.MODEL.KD.TEACHER.EVAL_AT_START = False
+    # Names of distillation losses in DISTILL_LOSS_REGISTRY, and their weights (same length).
+    _C.MODEL.KD.LOSSES = []
+    _C.MODEL.KD.LOSS_WEIGHTS = []
+    # Linear warm-up of all distillation weights over this many iterations (0: none).
+    _C.MODEL.KD.WARMUP_ITERS = 0
+    # Stop distillation from this iteration on (-1: never).
+    _C.MODEL.KD.STOP_ITER = -1
+    # Warn once when the distillation losses exceed this multiple of the detection losses.
+    _C.MODEL.KD.WARN_RATIO = 10.0
+
+    # Copy the teacher's weights into the student where names and shapes match (PGD/FGD
+    # "inheriting strategy"), after every other initialisation.
+    _C.MODEL.KD.INHERIT = CN()
+    _C.MODEL.KD.INHERIT.ENABLED = False
+    # Parameter-name prefixes never copied (by default the backbone body: neck + head only).
+    _C.MODEL.KD.INHERIT.EXCLUDE = ["backbone.bottom_up."]
+
+    # Feature mimicking (MSE) on named feature maps: the simplest distillation loss.
+    _C.MODEL.KD.FEATURE_MSE = CN()
+    # Module whose output holds the features (a dict such as the FPN's {"p3": ...}).
+    _C.MODEL.KD.FEATURE_MSE.STUDENT_MODULE = "backbone"
+    _C.MODEL.KD.FEATURE_MSE.TEACHER_MODULE = "backbone"
+    # Keys of the feature dict to distil; strides must match between teacher and student.
+    _C.MODEL.KD.FEATURE_MSE.KEYS = ["p3", "p4", "p5", "p6", "p7"]
+    # Channel adapter on the student side: "auto" (1x1 conv when channels differ) or an
+    # ADAPTER_REGISTRY name ("Identity", "Conv1x1").
+    _C.MODEL.KD.FEATURE_MSE.ADAPTER = "auto"

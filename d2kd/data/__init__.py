@@ -1,0 +1,13 @@
+"""Datasets. Importing this package registers d2kd's datasets (see :mod:`d2kd.data.builtin`)."""
+
+from . import builtin  # noqa: F401  (registration side effect)
+from .builtin import register_shapes, shapes_root
+from .shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_split
+
+__all__ = [
+    "register_shapes",
+    "shapes_root",
+    "SHAPE_CLASSES",
+    "ensure_shapes_dataset",
+    "generate_split",
+]

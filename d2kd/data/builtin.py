@@ -1,0 +1,52 @@
+"""
+Registers d2kd's datasets with Detectron2's catalogs on import.
+
+``shapes_train`` / ``shapes_val``: the synthetic shapes dataset under
+``$DETECTRON2_DATASETS/shapes`` (default ``./datasets/shapes``), generated on first use.
+"""
+
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .shapes import SHAPE_CLASSES, SPLITS, ensure_shapes_dataset
+
+__all__ = ["register_shapes", "shapes_root"]
+
+
+def shapes_root() -> str:
+    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "shapes")
+
+
+def register_shapes(
+    name: str, root: str, split: str, num_images: int = None, seed: int = 0
+) -> None:
+    """
+    Register ``name`` as the ``split`` of the shapes dataset under ``root`` (generated lazily,
+    the first time the dataset is loaded).
+    """
+    json_file = os.path.join(root, "annotations", f"instances_{split}.json")
+    image_root = os.path.join(root, split)
+
+    def load():
+        ensure_shapes_dataset(root, split, num_images, seed)
+        return load_coco_json(json_file, image_root, name)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="coco",
+        thing_classes=list(SHAPE_CLASSES),
+    )
+
+
+def _register_all() -> None:
+    for split in SPLITS:
+        name = f"shapes_{split}"
+        if name not in DatasetCatalog.list():
+            register_shapes(name, shapes_root(), split)
+
+
+_register_all()

@@ -1,0 +1,50 @@
+"""Training hooks for distillation."""
+
+import logging
+
+from detectron2.engine import HookBase
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["TeacherEvalHook", "unwrap_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model):
+    """The model inside DDP, if any."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class TeacherEvalHook(HookBase):
+    """
+    Evaluate the teacher on each test dataset before training and log its metrics as
+    ``teacher/<task>/<metric>``: a teacher that was never loaded shows up here as AP ~ 0 (the most
+    common reason users report that distillation "does not work").
+    """
+
+    def __init__(self, cfg, build_test_loader, build_evaluator):
+        """
+        Args:
+            build_test_loader: ``fn(cfg, dataset_name)``; build_evaluator: ``fn(cfg, dataset_name)``.
+        """
+        self.cfg = cfg.clone()
+        self._loader = build_test_loader
+        self._evaluator = build_evaluator
+
+    def before_train(self):
+        teacher = unwrap_model(self.trainer.model).teacher
+        flat = {}
+        for name in self.cfg.DATASETS.TEST:
+            results = inference_on_dataset(
+                teacher, self._loader(self.cfg, name), self._evaluator(self.cfg, name)
+            )
+            if comm.is_main_process():
+                logger.info(f"Teacher results on {name}:")
+                print_csv_format(results)
+            for task, metrics in results.items():
+                flat.update({f"teacher/{name}/{task}/{k}": v for k, v in metrics.items()})
+        if comm.is_main_process():
+            self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
+        self.results = flat

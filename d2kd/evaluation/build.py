@@ -1,0 +1,33 @@
+"""Pick the evaluator of a dataset from its metadata's ``evaluator_type``."""
+
+import os
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+
+__all__ = ["build_evaluator", "EVALUATOR_BUILDERS"]
+
+
+def _coco(cfg, dataset_name, output_folder):
+    return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+
+
+def _voc(cfg, dataset_name, output_folder):
+    return PascalVOCDetectionEvaluator(dataset_name)
+
+
+# evaluator_type -> builder(cfg, dataset_name, output_folder). Datasets registered without an
+# evaluator_type are evaluated as COCO.
+EVALUATOR_BUILDERS = {"coco": _coco, "pascal_voc": _voc}
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
+    """The evaluator for ``dataset_name``, writing under ``output_folder`` (default OUTPUT_DIR/inference)."""
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+    kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
+    if kind not in EVALUATOR_BUILDERS:
+        raise KeyError(
+            f'dataset "{dataset_name}" has evaluator_type "{kind}"; d2kd knows {sorted(EVALUATOR_BUILDERS)}'
+        )
+    return EVALUATOR_BUILDERS[kind](cfg, dataset_name, output_folder)

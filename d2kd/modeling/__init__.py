@@ -1,0 +1,34 @@
+"""d2kd's models. Importing this package registers every meta-architecture, loss and mask generator."""
+
+try:
+    import detectron2  # noqa: F401
+except ImportError:  # pragma: no cover
+    # Without Detectron2 only the pure-PyTorch submodules (recorder, record) can be imported.
+    __all__ = []
+else:
+    from .adapters import ADAPTER_REGISTRY, build_adapter
+    from .dense_outputs import DenseOutputs, decode_boxes, dense_outputs
+    from .distill_detector import DistillDetector, build_student
+    from .losses import DISTILL_LOSS_REGISTRY, DistillLoss, build_distill_losses
+    from .masks import MASK_GENERATOR_REGISTRY, build_mask_generator
+    from .meta_arch import FCOS
+    from .record import DistillRecord
+    from .recorder import TapRecorder
+
+    __all__ = [
+        "ADAPTER_REGISTRY",
+        "build_adapter",
+        "DenseOutputs",
+        "decode_boxes",
+        "dense_outputs",
+        "DistillDetector",
+        "build_student",
+        "DISTILL_LOSS_REGISTRY",
+        "DistillLoss",
+        "build_distill_losses",
+        "MASK_GENERATOR_REGISTRY",
+        "build_mask_generator",
+        "FCOS",
+        "DistillRecord",
+        "TapRecorder",
+    ]

@@ -1,0 +1,67 @@
+"""Build-time checks that a teacher and a student can be distilled together."""
+
+from typing import Dict, List
+
+from detectron2.layers import ShapeSpec
+from torch import nn
+
+from .recorder import resolve_module
+
+__all__ = ["feature_shapes", "num_classes_of", "check_same_num_classes", "check_same_strides"]
+
+
+def feature_shapes(
+    model: nn.Module, module: str, keys: List[str], which: str
+) -> Dict[str, ShapeSpec]:
+    """
+    ``output_shape()`` of ``model``'s sub-module ``module`` restricted to ``keys``.
+
+    Raises:
+        KeyError: when the module is missing or lacks one of the keys (valid keys listed).
+    """
+    sub = resolve_module(model, module)
+    if not hasattr(sub, "output_shape"):
+        raise TypeError(f'{which} module "{module}" ({type(sub).__name__}) has no output_shape()')
+    shapes = sub.output_shape()
+    missing = [k for k in keys if k not in shapes]
+    if missing:
+        raise KeyError(
+            f'{which} module "{module}" has no features {missing}; it has {sorted(shapes)}'
+        )
+    return {k: shapes[k] for k in keys}
+
+
+def num_classes_of(model: nn.Module) -> int:
+    """The number of foreground classes of a detector (``num_classes`` attribute)."""
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        raise TypeError(f"{type(model).__name__} has no num_classes attribute")
+    return int(n)
+
+
+def check_same_num_classes(student: nn.Module, teacher: nn.Module, loss: str) -> int:
+    """Raise a ValueError naming ``loss`` when teacher and student predict different classes."""
+    s, t = num_classes_of(student), num_classes_of(teacher)
+    if s != t:
+        raise ValueError(
+            f"{loss} needs teacher and student to predict the same classes, but the teacher has "
+            f"{t} classes and the student {s}: check NUM_CLASSES in both configs"
+        )
+    return s
+
+
+def head_strides(model: nn.Module) -> List[int]:
+    """Strides of the feature levels a dense detector's head reads."""
+    shapes = model.backbone.output_shape()
+    return [shapes[f].stride for f in model.head_in_features]
+
+
+def check_same_strides(student: nn.Module, teacher: nn.Module, loss: str) -> List[int]:
+    """Raise a ValueError naming ``loss`` when the heads read levels of different strides."""
+    s, t = head_strides(student), head_strides(teacher)
+    if s != t:
+        raise ValueError(
+            f"{loss} needs the same head levels in teacher and student, but the teacher's strides "
+            f"are {t} and the student's {s}: check the IN_FEATURES of both heads"
+        )
+    return s

@@ -1,0 +1,270 @@
+"""
+:class:`DistillDetector`: a frozen teacher and a trainable student in one meta-architecture.
+
+Training step, in order (one private method each):
+  1. run the teacher (no_grad, eval) on the batch, in its own input format, recording its taps;
+  2. run the student's ordinary training forward, recording its taps -> detection losses;
+  3. gather both into a :class:`DistillRecord` (checking both saw the same padded tensor);
+  4. compute every distillation loss on the record, in fp32, times its weight and the warm-up;
+  5. merge the terms (``loss_kd_*``) into the student's loss dict.
+At test time the forward is the student's own, so evaluators and exports see a plain detector.
+"""
+
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from .inherit import inherit_teacher_weights
+from .losses import build_distill_losses
+from .record import DistillRecord
+from .recorder import TapRecorder
+from .teacher import build_teacher, flip_channels_if_needed, run_teacher, teacher_run_mode
+
+__all__ = ["DistillDetector", "build_student"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_student(cfg) -> nn.Module:
+    """Build the student: the main config with ``MODEL.META_ARCHITECTURE`` := ``KD.STUDENT_META_ARCHITECTURE``."""
+    name = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
+    if name == "DistillDetector" or name not in META_ARCH_REGISTRY:
+        raise KeyError(
+            f'MODEL.KD.STUDENT_META_ARCHITECTURE "{name}" is not a detector; registered: '
+            f"{sorted(k for k, _ in META_ARCH_REGISTRY if k != 'DistillDetector')}"
+        )
+    scfg = cfg.clone()
+    scfg.defrost()
+    scfg.MODEL.META_ARCHITECTURE = name
+    student = META_ARCH_REGISTRY.get(name)(scfg).to(torch.device(cfg.MODEL.DEVICE))
+    if cfg.MODEL.KD.STUDENT_WEIGHTS:
+        DetectionCheckpointer(student).load(cfg.MODEL.KD.STUDENT_WEIGHTS)
+    return student
+
+
+def _size_divisibility(model: nn.Module):
+    backbone = getattr(model, "backbone", None)
+    return (
+        getattr(backbone, "size_divisibility", None),
+        getattr(backbone, "padding_constraints", None),
+    )
+
+
+def _current_iter() -> Optional[int]:
+    try:
+        return get_event_storage().iter
+    except AssertionError:  # outside a trainer (unit tests, scripts)
+        return None
+
+
+@META_ARCH_REGISTRY.register()
+class DistillDetector(nn.Module):
+    """
+    Knowledge distillation of ``student`` from a frozen ``teacher``.
+
+    The teacher is deliberately kept out of the module tree (stored in ``__dict__``, as the
+    official LD/BCKD code and d2go do): it has no entry in ``state_dict()``, ``parameters()``
+    or the optimizer, DDP never wraps or broadcasts it, ``train()`` never flips it, and
+    checkpoints hold only ``student.*`` and the losses' own parameters (``losses.*``), so
+    ``--resume`` works and the student exports without the teacher. ``.to()`` still moves it.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: nn.Module,
+        losses: Dict[str, nn.Module],
+        loss_weights: Dict[str, float],
+        teacher_run: str = "auto",
+        student_format: str = "BGR",
+        teacher_format: str = "BGR",
+        warmup_iters: int = 0,
+        stop_iter: int = -1,
+        warn_ratio: float = 10.0,
+    ):
+        """
+        Args:
+            student: the detector being trained.
+            teacher: the frozen teacher (any Detectron2 meta-architecture).
+            losses: name -> :class:`DistillLoss`.
+            loss_weights: name -> weight multiplying every term of that loss.
+            teacher_run: see ``MODEL.KD.TEACHER.RUN``.
+            student_format / teacher_format: ``INPUT.FORMAT`` of each model ("RGB"/"BGR").
+            warmup_iters: linear warm-up of the distillation weights.
+            stop_iter: iteration from which distillation is off (-1: never).
+            warn_ratio: warn once when distillation losses exceed this multiple of the task losses.
+        """
+        super().__init__()
+        self.student = student
+        self.__dict__["teacher"] = teacher  # outside the module tree: see the class docstring
+        self.losses = nn.ModuleDict(losses)
+        self.loss_weights = dict(loss_weights)
+        self.teacher_run = teacher_run_mode(teacher, teacher_run)
+        self._check_formats(student_format, teacher_format)
+        self.student_format, self.teacher_format = student_format, teacher_format
+        self.warmup_iters, self.stop_iter, self.warn_ratio = warmup_iters, stop_iter, warn_ratio
+        self._check_padding()
+        s_taps = [t for loss in losses.values() for t in loss.student_taps]
+        if hasattr(student, "backbone"):
+            s_taps.append("backbone:input")  # to check both models saw the same tensor
+        t_taps = [t for loss in losses.values() for t in loss.teacher_taps]
+        self.student_recorder = TapRecorder(student, s_taps)
+        self.teacher_recorder = TapRecorder(teacher, t_taps)
+        self._warned_ratio = False
+
+    @classmethod
+    def from_config(cls, cfg):
+        kd = cfg.MODEL.KD
+        student = build_student(cfg)
+        teacher, tcfg = build_teacher(cfg)
+        losses = build_distill_losses(cfg, student, teacher)
+        if kd.INHERIT.ENABLED and kd.TEACHER.LOAD_WEIGHTS:
+            inherit_teacher_weights(student, teacher, list(kd.INHERIT.EXCLUDE))
+        return {
+            "student": student,
+            "teacher": teacher,
+            "losses": losses,
+            "loss_weights": dict(zip(kd.LOSSES, kd.LOSS_WEIGHTS)),
+            "teacher_run": kd.TEACHER.RUN,
+            "student_format": cfg.INPUT.FORMAT,
+            "teacher_format": tcfg.INPUT.FORMAT,
+            "warmup_iters": kd.WARMUP_ITERS,
+            "stop_iter": kd.STOP_ITER,
+            "warn_ratio": kd.WARN_RATIO,
+        }
+
+    # ----------------------------------------------------------------------------- checks
+    @staticmethod
+    def _check_formats(student_format: str, teacher_format: str) -> None:
+        if student_format != teacher_format and {student_format, teacher_format} != {"RGB", "BGR"}:
+            raise ValueError(
+                f"INPUT.FORMAT: student {student_format} vs teacher {teacher_format}; only RGB<->BGR "
+                "can be converted between the two models"
+            )
+
+    def _check_padding(self) -> None:
+        s, t = _size_divisibility(self.student), _size_divisibility(self.teacher)
+        if s != t:
+            raise ValueError(
+                f"teacher and student pad images differently (size_divisibility, padding_constraints): "
+                f"student {s} vs teacher {t}. Both must see the same padded tensor; set the "
+                "teacher's/student's backbone so that these agree"
+            )
+
+    # ----------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> "DistillDetector":
+        super().train(mode)
+        self.teacher.eval()  # always, norms included
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)  # keep the teacher on the student's device
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, batched_inputs: List[Dict[str, Any]]):
+        """Training: student losses + ``loss_kd_*``. Inference: the student's own output."""
+        if not self.training:
+            return self.student(batched_inputs)
+        factor = self._kd_factor()
+        if factor == 0.0:
+            return self._student_only(batched_inputs)
+        t_images, t_out = self._run_teacher(batched_inputs)
+        s_losses = self._run_student(batched_inputs)
+        record = self._make_record(batched_inputs, t_images, t_out, s_losses)
+        kd_losses = self._compute_kd(record, factor)
+        self._log(s_losses, kd_losses, factor)
+        return {**s_losses, **kd_losses}
+
+    def _kd_factor(self) -> float:
+        it = _current_iter()
+        if it is None:
+            return 1.0
+        if self.stop_iter >= 0 and it >= self.stop_iter:
+            return 0.0
+        if self.warmup_iters > 0:
+            return min(1.0, (it + 1) / self.warmup_iters)
+        return 1.0
+
+    def _student_only(self, batched_inputs):
+        losses = self.student(batched_inputs)
+        # Touch the losses' parameters so DDP (no find_unused_parameters) sees them used.
+        params = list(self.losses.parameters())
+        if params:
+            losses["loss_kd_off"] = sum(p.sum() for p in params) * 0.0
+        return losses
+
+    def _run_teacher(self, batched_inputs):
+        self.teacher.eval()
+        inputs = flip_channels_if_needed(batched_inputs, self.student_format, self.teacher_format)
+        with self.teacher_recorder:
+            return run_teacher(self.teacher, self.teacher_run, inputs)
+
+    def _run_student(self, batched_inputs) -> Dict[str, torch.Tensor]:
+        with self.student_recorder:
+            return self.student(batched_inputs)
+
+    def _make_record(self, batched_inputs, t_images, t_out, s_losses) -> DistillRecord:
+        student = self.student_recorder.snapshot()
+        if "backbone:input" in student:
+            s_shape = tuple(student["backbone:input"][0].shape[-2:])
+            t_shape = tuple(t_images.tensor.shape[-2:])
+            if s_shape != t_shape:
+                raise RuntimeError(f"teacher saw a {t_shape} batch but the student {s_shape}")
+        gt = None
+        if "instances" in batched_inputs[0]:
+            gt = [x["instances"].to(self.device) for x in batched_inputs]
+        return DistillRecord(
+            batched_inputs=batched_inputs,
+            gt_instances=gt,
+            image_sizes=list(t_images.image_sizes),
+            padded_size=tuple(t_images.tensor.shape[-2:]),
+            student=student,
+            teacher=self.teacher_recorder.snapshot(),
+            teacher_output=t_out,
+            student_losses=s_losses,
+        )
+
+    def _compute_kd(self, record: DistillRecord, factor: float) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            for name, loss in self.losses.items():
+                weight = self.loss_weights[name] * factor
+                for term, value in loss(record).items():
+                    if not term.startswith("loss_kd_") or term in out:
+                        raise KeyError(
+                            f"{name} returned term '{term}': names must start with loss_kd_ and be unique"
+                        )
+                    out[term] = value * weight
+        return out
+
+    def _log(self, s_losses, kd_losses, factor: float) -> None:
+        if not kd_losses:
+            return
+        task = float(sum(v.detach() for v in s_losses.values()))
+        kd = float(sum(v.detach() for v in kd_losses.values()))
+        ratio = kd / max(task, 1e-12)
+        if _current_iter() is not None:
+            storage = get_event_storage()
+            storage.put_scalar("kd/weight_factor", factor, smoothing_hint=False)
+            storage.put_scalar("kd/ratio_to_task", ratio)
+        if ratio > self.warn_ratio and not self._warned_ratio:
+            self._warned_ratio = True
+            logger.warning(
+                f"distillation losses are {ratio:.1f}x the detection losses (> MODEL.KD.WARN_RATIO "
+                f"{self.warn_ratio}); consider lower MODEL.KD.LOSS_WEIGHTS (users' rule of thumb: the "
+                "smallest KD term at 0.1-2x the detection losses)"
+            )

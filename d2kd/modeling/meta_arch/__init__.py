@@ -1,0 +1,3 @@
+from .fcos import FCOS
+
+__all__ = ["FCOS"]

@@ -1,0 +1,183 @@
+"""
+Building, loading, freezing and running the teacher.
+
+The teacher is a stock detector built from its own config file. It is frozen (``requires_grad``
+False), always in eval mode, run under ``torch.no_grad()``, and kept *outside* the distillation
+model's module tree (see :class:`DistillDetector`), so it is never in the optimizer, never
+wrapped by DDP and never written into the student's checkpoints.
+"""
+
+import logging
+import os
+from typing import Any, Dict, List, Tuple
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import ImageList
+from torch import nn
+
+__all__ = [
+    "load_teacher_cfg",
+    "build_teacher",
+    "load_teacher_weights",
+    "freeze",
+    "teacher_run_mode",
+    "run_teacher",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_config_path(path: str) -> str:
+    """``path`` as given, else relative to the d2kd checkout (so ``configs/...`` works anywhere)."""
+    if os.path.isfile(path):
+        return path
+    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidate = os.path.join(repo_root, path)
+    if not os.path.isabs(path) and os.path.isfile(candidate):
+        return candidate
+    raise FileNotFoundError(f"MODEL.KD.TEACHER.CONFIG_FILE: no such file: {path}")
+
+
+def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
+    """The teacher's config: d2kd defaults + ``KD.TEACHER.CONFIG_FILE`` + ``KD.TEACHER.OPTS``."""
+    from d2kd.config import get_d2kd_cfg
+
+    path = cfg.MODEL.KD.TEACHER.CONFIG_FILE
+    if not path:
+        raise ValueError(
+            "MODEL.KD.TEACHER.CONFIG_FILE is empty: a distillation config must name the teacher's config file"
+        )
+    path = resolve_config_path(path)
+    tcfg = get_d2kd_cfg()
+    tcfg.merge_from_file(path)
+    tcfg.merge_from_list(list(cfg.MODEL.KD.TEACHER.OPTS))
+    if tcfg.MODEL.META_ARCHITECTURE == "DistillDetector":
+        raise ValueError(
+            f"teacher config {path} is itself a DistillDetector; point at the teacher's own config"
+        )
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE  # the teacher lives on each rank's own device
+    tcfg.MODEL.WEIGHTS = ""  # loaded strictly by load_teacher_weights
+    return tcfg
+
+
+def load_teacher_weights(teacher: nn.Module, path: str) -> None:
+    """
+    Load ``path`` into ``teacher``, strictly.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: some keys are missing, unexpected or of the wrong shape (all are named).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.KD.TEACHER.WEIGHTS: no such file: {path}")
+    checkpointer = DetectionCheckpointer(teacher)
+    checkpoint = checkpointer._load_file(path)
+    incompatible = checkpointer._load_model(checkpoint)
+    problems = []
+    if incompatible.missing_keys:
+        problems.append(f"missing keys {sorted(incompatible.missing_keys)}")
+    if incompatible.unexpected_keys:
+        problems.append(f"unexpected keys {sorted(incompatible.unexpected_keys)}")
+    if incompatible.incorrect_shapes:
+        shapes = [
+            f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}"
+            for k, a, b in incompatible.incorrect_shapes
+        ]
+        problems.append(f"shape mismatches {shapes}")
+    if problems:
+        raise ValueError(
+            f"teacher checkpoint {path} does not match the teacher config: " + "; ".join(problems)
+        )
+    logger.info(f"Loaded teacher weights from {path} (all keys matched)")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Turn off gradients and put ``model`` (norm layers included) in eval mode."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
+    """
+    Build the frozen teacher described by ``cfg.MODEL.KD.TEACHER``.
+
+    Returns:
+        (teacher, teacher_cfg)
+    """
+    tcfg = load_teacher_cfg(cfg)
+    teacher = build_model(tcfg)
+    kd = cfg.MODEL.KD.TEACHER
+    if kd.LOAD_WEIGHTS:
+        if kd.WEIGHTS:
+            load_teacher_weights(teacher, kd.WEIGHTS)
+        elif not kd.ALLOW_RANDOM_INIT:
+            raise ValueError(
+                "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "
+                "is almost certainly a mistake (set MODEL.KD.TEACHER.ALLOW_RANDOM_INIT True to allow it)"
+            )
+        else:
+            logger.warning(
+                "The teacher is randomly initialised (MODEL.KD.TEACHER.ALLOW_RANDOM_INIT)"
+            )
+    return freeze(teacher), tcfg
+
+
+def teacher_run_mode(teacher: nn.Module, mode: str) -> str:
+    """Resolve ``MODEL.KD.TEACHER.RUN`` ("auto" picks by the teacher's type)."""
+    valid = ("auto", "dense", "backbone", "distill")
+    if mode not in valid:
+        raise ValueError(f'MODEL.KD.TEACHER.RUN = "{mode}" is not one of {valid}')
+    if mode == "auto":
+        if hasattr(teacher, "forward_distill"):
+            return "distill"
+        return "dense" if isinstance(teacher, DenseDetector) else "backbone"
+    if mode == "dense" and not isinstance(teacher, DenseDetector):
+        raise ValueError(
+            f'MODEL.KD.TEACHER.RUN "dense" needs a DenseDetector, got {type(teacher).__name__}'
+        )
+    if mode == "distill" and not hasattr(teacher, "forward_distill"):
+        raise ValueError(
+            f'MODEL.KD.TEACHER.RUN "distill": {type(teacher).__name__} has no forward_distill'
+        )
+    return mode
+
+
+def flip_channels_if_needed(
+    batched_inputs: List[Dict[str, Any]], src: str, dst: str
+) -> List[Dict[str, Any]]:
+    """Inputs come in the student's ``INPUT.FORMAT``; give the teacher its own (RGB <-> BGR)."""
+    if src == dst:
+        return batched_inputs
+    return [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
+
+
+def run_teacher(
+    teacher: nn.Module, mode: str, batched_inputs: List[Dict[str, Any]]
+) -> Tuple[ImageList, Any]:
+    """
+    Run the teacher on a batch, without gradients; recorders attached to it see every tap.
+
+    Args:
+        mode: a resolved run mode (see :func:`teacher_run_mode`).
+        batched_inputs: inputs already in the teacher's input format.
+    Returns:
+        (images, output): the teacher's padded ImageList and what the run returned:
+        "dense" -> (features list, head predictions, anchors); "backbone" -> feature dict;
+        "distill" -> ``teacher.forward_distill(batched_inputs)``.
+    """
+    with torch.no_grad():
+        if mode == "distill":
+            return teacher.forward_distill(batched_inputs)
+        images = teacher.preprocess_image(batched_inputs)
+        features = teacher.backbone(images.tensor)
+        if mode == "backbone":
+            return images, features
+        features = [features[f] for f in teacher.head_in_features]
+        predictions = teacher.head(features)
+        anchors = teacher.anchor_generator(features)
+        return images, (features, predictions, anchors)

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""
+Train or evaluate a detector, or distil one into another, with d2kd.
+
+    python train_net.py --config-file configs/shapes/retinanet_R18.yaml
+    python train_net.py --config-file configs/shapes/kd/mse_retinanet_R50_to_R18.yaml --num-gpus 8
+    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+
+The usual Detectron2 flags apply (--resume, --num-machines, --machine-rank, --dist-url).
+"""
+
+import logging
+import os
+
+import detectron2.utils.comm as comm
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+import d2kd  # noqa: F401  (registers d2kd's models and datasets)
+from d2kd.config import get_d2kd_cfg
+from d2kd.engine import TeacherEvalHook, write_run_info
+from d2kd.evaluation import build_evaluator
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose evaluator follows the dataset, and which can evaluate the teacher first."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        kd = self.cfg.MODEL.KD
+        if self.cfg.MODEL.META_ARCHITECTURE == "DistillDetector" and kd.TEACHER.EVAL_AT_START:
+            hooks.insert(0, TeacherEvalHook(self.cfg, self.build_test_loader, self.build_evaluator))
+        return hooks
+
+
+def setup(args):
+    cfg = get_d2kd_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("d2kd").warning("No GPU found: MODEL.DEVICE falls back to cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    if args.eval_only:
+        # Only the student runs at test time: the teacher's weights are not needed.
+        cfg.MODEL.KD.TEACHER.LOAD_WEIGHTS = False
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    if comm.is_main_process():
+        write_run_info(cfg, os.path.join(cfg.OUTPUT_DIR, "run_info.json"))
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    logging.getLogger(__name__).info("Command Line Args: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover
