@@ -17,7 +17,7 @@ def feature_shapes(
     ``output_shape()`` of ``model``'s sub-module ``module`` restricted to ``keys``.
 
     Raises:
-        KeyError: when the module is missing or lacks one of the keys (valid keys listed).
+        KeyError: when the module is missing; ValueError: when it lacks one of the keys.
     """
     sub = resolve_module(model, module)
     if not hasattr(sub, "output_shape"):
@@ -25,7 +25,7 @@ def feature_shapes(
     shapes = sub.output_shape()
     missing = [k for k in keys if k not in shapes]
     if missing:
-        raise KeyError(
+        raise ValueError(
             f'{which} module "{module}" has no features {missing}; it has {sorted(shapes)}'
         )
     return {k: shapes[k] for k in keys}

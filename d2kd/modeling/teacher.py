@@ -12,12 +12,13 @@ import os
 from typing import Any, Dict, List, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
+
+from ..utils.checkpoint import ReportingCheckpointer
 
 __all__ = [
     "load_teacher_cfg",
@@ -74,10 +75,12 @@ def load_teacher_weights(teacher: nn.Module, path: str) -> None:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.KD.TEACHER.WEIGHTS: no such file: {path}")
-    checkpointer = DetectionCheckpointer(teacher)
-    checkpoint = checkpointer._load_file(path)
-    incompatible = checkpointer._load_model(checkpoint)
+    checkpointer = ReportingCheckpointer(teacher)
+    checkpointer.load(path)
+    incompatible = checkpointer.incompatible
     problems = []
+    if incompatible is None:
+        raise ValueError(f"teacher checkpoint {path} holds no model weights")
     if incompatible.missing_keys:
         problems.append(f"missing keys {sorted(incompatible.missing_keys)}")
     if incompatible.unexpected_keys:

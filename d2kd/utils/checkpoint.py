@@ -3,8 +3,22 @@
 from typing import Dict
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["extract_student_state", "extract_student_checkpoint"]
+__all__ = ["ReportingCheckpointer", "extract_student_state", "extract_student_checkpoint"]
+
+
+class ReportingCheckpointer(DetectionCheckpointer):
+    """
+    A DetectionCheckpointer (same file formats and key conversions) that keeps the report of
+    missing / unexpected / mis-shaped keys in ``self.incompatible`` instead of only logging it,
+    so that a caller can refuse a partial load.
+    """
+
+    incompatible = None
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        self.incompatible = incompatible
 
 
 def extract_student_state(
