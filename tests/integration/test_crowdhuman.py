@@ -225,6 +225,16 @@ def test_builtin_registrations():
         assert MetadataCatalog.get(name).evaluator_type == "pascal_voc"
 
 
+@pytest.mark.skipif(
+    not os.path.isfile(MetadataCatalog.get("crowdhuman_val").odgt_file),
+    reason="CrowdHuman is not under $DETECTRON2_DATASETS/CrowdHuman",
+)
+def test_real_val_split_loads_4370_images():
+    dicts = DatasetCatalog.get("crowdhuman_val")
+    assert len(dicts) == 4370
+    assert all(d["height"] > 0 and d["width"] > 0 for d in dicts)
+
+
 @pytest.mark.parametrize(
     "config", ["crowdhuman/mse_atss_R101_to_R50_1x.yaml", "voc/mse_retinanet_R101_to_R50_1x.yaml"]
 )
