@@ -2,9 +2,15 @@
 
 from . import builtin  # noqa: F401  (registration side effect)
 from .builtin import register_shapes, shapes_root
+from .crowdhuman import CROWDHUMAN_CLASSES, load_crowdhuman, register_crowdhuman
+from .odgt import read_odgt
 from .shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_split
 
 __all__ = [
+    "CROWDHUMAN_CLASSES",
+    "load_crowdhuman",
+    "register_crowdhuman",
+    "read_odgt",
     "register_shapes",
     "shapes_root",
     "SHAPE_CLASSES",

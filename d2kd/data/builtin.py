@@ -3,6 +3,9 @@ Registers d2kd's datasets with Detectron2's catalogs on import.
 
 ``shapes_train`` / ``shapes_val``: the synthetic shapes dataset under
 ``$DETECTRON2_DATASETS/shapes`` (default ``./datasets/shapes``), generated on first use.
+``crowdhuman_train`` / ``crowdhuman_val``: CrowdHuman under ``$DETECTRON2_DATASETS/CrowdHuman``
+(see datasets/README.md). Pascal VOC (``voc_2007_trainval``, ``voc_2007_test``, ...) is registered
+by Detectron2 itself when ``detectron2.data`` is imported.
 """
 
 import os
@@ -10,6 +13,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .crowdhuman import crowdhuman_root, register_all_crowdhuman
 from .shapes import SHAPE_CLASSES, SPLITS, ensure_shapes_dataset
 
 __all__ = ["register_shapes", "shapes_root"]
@@ -50,3 +54,4 @@ def _register_all() -> None:
 
 
 _register_all()
+register_all_crowdhuman(crowdhuman_root())

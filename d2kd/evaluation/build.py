@@ -1,11 +1,17 @@
 """Pick the evaluator of a dataset from its metadata's ``evaluator_type``."""
 
+import logging
 import os
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 
+from .crowdhuman_evaluator import CrowdHumanEvaluator
+
 __all__ = ["build_evaluator", "EVALUATOR_BUILDERS"]
+
+# CrowdHuman val has up to hundreds of people per image; the literature keeps 300-500 detections.
+_CROWDHUMAN_MIN_DETECTIONS = 300
 
 
 def _coco(cfg, dataset_name, output_folder):
@@ -16,9 +22,18 @@ def _voc(cfg, dataset_name, output_folder):
     return PascalVOCDetectionEvaluator(dataset_name)
 
 
+def _crowdhuman(cfg, dataset_name, output_folder):
+    if cfg.TEST.DETECTIONS_PER_IMAGE < _CROWDHUMAN_MIN_DETECTIONS:
+        logging.getLogger(__name__).warning(
+            f"TEST.DETECTIONS_PER_IMAGE={cfg.TEST.DETECTIONS_PER_IMAGE} truncates crowded images of "
+            f'"{dataset_name}": CrowdHuman results in the literature keep 500 (configs/crowdhuman/)'
+        )
+    return CrowdHumanEvaluator(dataset_name, output_dir=output_folder)
+
+
 # evaluator_type -> builder(cfg, dataset_name, output_folder). Datasets registered without an
 # evaluator_type are evaluated as COCO.
-EVALUATOR_BUILDERS = {"coco": _coco, "pascal_voc": _voc}
+EVALUATOR_BUILDERS = {"coco": _coco, "pascal_voc": _voc, "crowdhuman": _crowdhuman}
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
