@@ -89,3 +89,28 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     )
     with pytest.raises(ValueError, match="WEIGHTS is empty"):
         build_model(cfg)
+
+
+def test_autocast_teacher_and_fp32_kd_losses(data):
+    # SOLVER.AMP wraps the whole forward in autocast (bf16 stands in for fp16 on the CPU): the
+    # teacher runs in low precision, the distillation terms are still computed in fp32.
+    cfg, model = _model()
+    model.train()
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(make_batch(cfg, data[:2]))
+    kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+    assert kd and all(v.dtype == torch.float32 and torch.isfinite(v) for v in kd.values())
+
+
+def test_warmup_and_stop_schedule(data):
+    cfg, model = _model(["MODEL.KD.WARMUP_ITERS", 4, "MODEL.KD.STOP_ITER", 10])
+    model.train()
+    batch = make_batch(cfg, data[:2])
+    weighted = {}
+    for it in (0, 1, 5):  # a 4-iteration linear warm-up: 1/4, 2/4, then the full weight
+        with EventStorage(it):
+            weighted[it] = model(batch)["loss_kd_mse_p3"]
+    assert torch.allclose(weighted[0] * 4, weighted[5]) and torch.allclose(weighted[1] * 2, weighted[5])
+    with EventStorage(10):
+        stopped = model(batch)
+    assert not any(k.startswith("loss_kd_mse") for k in stopped)
