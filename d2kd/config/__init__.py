@@ -2,6 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
+from .bckd_ld import add_bckd_ld_config
 from .detectors import add_atss_config, add_fcos_config
 from .kd import add_kd_config
 
@@ -13,6 +14,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_kd_config(cfg)
     add_fcos_config(cfg)
     add_atss_config(cfg)
+    add_bckd_ld_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:
