@@ -110,7 +110,9 @@ def test_warmup_and_stop_schedule(data):
     for it in (0, 1, 5):  # a 4-iteration linear warm-up: 1/4, 2/4, then the full weight
         with EventStorage(it):
             weighted[it] = model(batch)["loss_kd_mse_p3"]
-    assert torch.allclose(weighted[0] * 4, weighted[5]) and torch.allclose(weighted[1] * 2, weighted[5])
+    assert torch.allclose(weighted[0] * 4, weighted[5]) and torch.allclose(
+        weighted[1] * 2, weighted[5]
+    )
     with EventStorage(10):
         stopped = model(batch)
     assert not any(k.startswith("loss_kd_mse") for k in stopped)
