@@ -2,9 +2,12 @@
 
 from . import builtin  # noqa: F401  (registration side effect)
 from .builtin import register_shapes, shapes_root
+from .detr_mapper import DetrDatasetMapper, build_train_mapper
 from .shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_split
 
 __all__ = [
+    "DetrDatasetMapper",
+    "build_train_mapper",
     "register_shapes",
     "shapes_root",
     "SHAPE_CLASSES",
