@@ -159,3 +159,36 @@ def test_non_detr_teacher_is_rejected():
     )  # fmt: skip
     with pytest.raises(TypeError, match="DETR-type student"):
         build_model(cfg)
+
+
+def test_coco_configs_chain_to_deformable_detr_teachers():
+    from d2kd.config import get_d2kd_cfg
+    from d2kd.modeling.teacher import load_teacher_cfg
+
+    from tests.integration.common import config_path
+
+    for leaf, depth in (("R101_to_R50", 50), ("R101_to_R18", 18)):
+        cfg = get_d2kd_cfg()
+        cfg.merge_from_file(
+            config_path(f"detrdistill/detrdistill_deformable_detr_{leaf}_50ep.yaml")
+        )
+        cfg.freeze()
+        assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.KD.LOSSES == ["DETRDistillLoss"]
+        assert (
+            cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+        )
+        teacher = load_teacher_cfg(cfg)
+        assert (
+            teacher.MODEL.META_ARCHITECTURE == "DeformableDETR"
+            and teacher.MODEL.RESNETS.DEPTH == 101
+        )
+        assert not cfg.MODEL.KD.DETRDISTILL.CONTRAST.ENABLED
+
+
+def test_mixed_precision_forward_keeps_kd_terms_in_fp32(data):
+    cfg, model = _model()
+    model.train()
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(make_batch(cfg, data[:2]))
+    kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+    assert len(kd) == 7 and all(v.dtype == torch.float32 and torch.isfinite(v) for v in kd.values())

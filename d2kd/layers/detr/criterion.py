@@ -73,6 +73,7 @@ class SetCriterion(nn.Module):
             pred_logits: (K, B, N, C); pred_boxes: (K, B, N, 4) cxcywh in [0, 1];
             targets: B dicts {"labels": (G,) long, "boxes": (G, 4) normalised cxcywh}.
         """
+        pred_logits, pred_boxes = pred_logits.float(), pred_boxes.float()  # fp32 under autocast
         num_boxes = average_num_boxes(sum(len(t["labels"]) for t in targets), pred_logits.device)
         k_last = pred_logits.shape[0] - 1
         stages = range(k_last + 1) if self.aux_loss else [k_last]

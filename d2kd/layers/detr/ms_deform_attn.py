@@ -42,7 +42,8 @@ def ms_deform_attn_core(
     b, _, m, d = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     values = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] coordinates
+    # grid_sample's [-1, 1] coordinates, in the values' dtype (they differ under autocast).
+    grids = (2 * sampling_locations - 1).to(value.dtype)
     sampled = []
     for lvl, (h, w) in enumerate(spatial_shapes):
         v = values[lvl].flatten(2).transpose(1, 2).reshape(b * m, d, h, w)  # (B*M, D, H, W)

@@ -6,6 +6,7 @@ Shape shorthand: K decoder stages; B images; N queries; C classes; d hidden chan
 L feature levels of sizes H_l x W_l; S = sum_l H_l * W_l.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -37,6 +38,11 @@ class EncoderState:
     level_start_index: Tensor
     valid_ratios: Tensor
     memory: Tensor
+
+    def float(self) -> "EncoderState":
+        """A copy with fp32 floating tensors (the state of an autocast forward may be fp16)."""
+        f = {k: getattr(self, k) for k in ("src", "pos", "valid_ratios", "memory")}
+        return dataclasses.replace(self, **{k: v.float() for k, v in f.items() if v is not None})
 
     def level_maps(self, flat: Tensor) -> List[Tensor]:
         """(B, S, d) -> per level (B, d, H_l, W_l)."""

@@ -212,12 +212,10 @@ class DETRDistillLoss(DistillLoss):
                 "DETRDistill QUERY_PRIOR needs ground truth ('instances') in the batch"
             )
         student, teacher = self.student, self.teacher
-        state = s.encoder
+        state = s.encoder.float()  # distillation runs in fp32 (autocast is off here)
         if self.query_cfg["rerun_encoder"]:
             state = student.transformer.encode(dataclasses.replace(state, memory=None))
-        logits, boxes, _ = student.decode_with_queries(
-            state, t.query_embed.detach().to(state.memory)
-        )
+        logits, boxes, _ = student.decode_with_queries(state, t.query_embed.detach().float())
         targets = student.prepare_targets(gt_instances)
         num_boxes = average_num_boxes(sum(len(x["labels"]) for x in targets), logits.device)
         assignments = {}
