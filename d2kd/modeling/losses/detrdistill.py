@@ -33,7 +33,7 @@ from d2kd.layers.detr.feature_distill import (
 from d2kd.layers.detr.logits_distill import logits_distill_losses, match_to_teacher
 from d2kd.layers.detr.outputs import DETROutputs
 from d2kd.layers.detr.query_contrast import QueryContrastHead
-from d2kd.layers.detr.stage_map import stage_mapping
+from d2kd.layers.detr.stage_map import STAGE_MAPS, stage_mapping
 
 from ..adapters import build_adapter
 from ..checks import check_same_num_classes
@@ -86,15 +86,13 @@ class DETRDistillLoss(DistillLoss):
             contrast: None (off) or {"weight", "temp", "proj_dim", "student_dim", "teacher_dim"}.
         """
         super().__init__()
-        self.__dict__["student"] = student  # not a sub-module: see the class docstring
+        # Plain references outside the module tree: registering them would put the student's
+        # parameters twice in the optimizer and the checkpoint, and the teacher in both.
+        self.__dict__["student"] = student
         self.__dict__["teacher"] = teacher
         self.stage_map = list(stage_map)
-        self.logits_cfg, self.feat_cfg, self.query_cfg, self.contrast_cfg = (
-            logits,
-            feat,
-            query_prior,
-            contrast,
-        )
+        self.logits_cfg, self.feat_cfg = logits, feat
+        self.query_cfg, self.contrast_cfg = query_prior, contrast
         self.student_taps = ["detr_outputs()"]
         if feat is not None:
             self.adapters = nn.ModuleList(build_adapter(n, s, t) for s, t, n in feat["adapters"])
@@ -121,6 +119,10 @@ class DETRDistillLoss(DistillLoss):
             raise ValueError(
                 "MODEL.KD.DETRDISTILL: LOGITS, FEAT, QUERY_PRIOR and CONTRAST are all disabled; "
                 "enable one or remove DETRDistillLoss from MODEL.KD.LOSSES"
+            )
+        if c.LOGITS.STAGE_MAP not in STAGE_MAPS:
+            raise ValueError(
+                f'MODEL.KD.DETRDISTILL.LOGITS.STAGE_MAP "{c.LOGITS.STAGE_MAP}" is not one of {STAGE_MAPS}'
             )
         return {
             "student": student,
@@ -186,9 +188,8 @@ class DETRDistillLoss(DistillLoss):
     def _feature_term(self, s: DETROutputs, t: DETROutputs, sizes, gt_instances) -> Tensor:
         c = self.feat_cfg
         if c["source"] == "memory":
-            s_feats, t_feats = s.encoder.level_maps(s.encoder.memory), t.encoder.level_maps(
-                t.encoder.memory
-            )
+            s_feats = s.encoder.level_maps(s.encoder.memory)
+            t_feats = t.encoder.level_maps(t.encoder.memory)
         else:
             s_feats, t_feats = s.features, t.features
         s_feats = [adapter(f.float()) for adapter, f in zip(self.adapters, s_feats)]
