@@ -192,3 +192,20 @@ def test_mixed_precision_forward_keeps_kd_terms_in_fp32(data):
         losses = model(make_batch(cfg, data[:2]))
     kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
     assert len(kd) == 7 and all(v.dtype == torch.float32 and torch.isfinite(v) for v in kd.values())
+
+
+def test_images_without_annotations_stay_finite(data):
+    cfg, model = _model([D + "CONTRAST.ENABLED", True, D + "CONTRAST.PROJ_DIM", 16])
+    batch = make_batch(cfg, data[:2])
+    batch[0]["instances"] = batch[0]["instances"][:0]  # one empty image
+    model.train()
+    with EventStorage(0):
+        losses = model(batch)
+    assert len([k for k in losses if k.startswith("loss_kd_")]) == 8
+    assert all(torch.isfinite(v) for v in losses.values())
+    for x in batch:
+        x["instances"] = x["instances"][:0]  # no box in the whole batch
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
