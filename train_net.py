@@ -15,13 +15,16 @@ import os
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 import d2kd  # noqa: F401  (registers d2kd's models and datasets)
 from d2kd.config import get_d2kd_cfg
+from d2kd.data import build_train_mapper
 from d2kd.engine import TeacherEvalHook, write_run_info
 from d2kd.evaluation import build_evaluator
+from d2kd.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
@@ -30,6 +33,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)  # AdamW / lr multipliers / full-model clip by config
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
     def build_hooks(self):
         hooks = super().build_hooks()

@@ -4,6 +4,7 @@ from detectron2.config import CfgNode as CN
 
 from .bckd_ld import add_bckd_ld_config
 from .detectors import add_atss_config, add_fcos_config
+from .detr import add_detr_config
 from .kd import add_kd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
@@ -15,6 +16,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_fcos_config(cfg)
     add_atss_config(cfg)
     add_bckd_ld_config(cfg)
+    add_detr_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

@@ -8,6 +8,7 @@ except ImportError:  # pragma: no cover
 else:
     from .adapters import ADAPTER_REGISTRY, build_adapter
     from .dense_outputs import DenseOutputs, decode_boxes, dense_outputs
+    from .detr import DeformableDETR
     from .distill_detector import DistillDetector, build_student
     from .losses import DISTILL_LOSS_REGISTRY, DistillLoss, build_distill_losses
     from .masks import MASK_GENERATOR_REGISTRY, build_mask_generator
@@ -21,6 +22,7 @@ else:
         "DenseOutputs",
         "decode_boxes",
         "dense_outputs",
+        "DeformableDETR",
         "DistillDetector",
         "build_student",
         "DISTILL_LOSS_REGISTRY",

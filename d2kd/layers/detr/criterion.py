@@ -1,0 +1,123 @@
+"""
+The set-prediction loss of Deformable DETR: Hungarian matching, then sigmoid focal
+classification, L1 and GIoU box losses, on the last decoder stage and (auxiliary) every earlier
+one, each stage matched on its own.
+
+Shape shorthand: K stages; B images; N queries; C classes; G targets of one image.
+"""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from .matcher import HungarianMatcher
+
+__all__ = ["sigmoid_focal_loss", "average_num_boxes", "SetCriterion"]
+
+Indices = Tuple[Tensor, Tensor]
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """Element-wise focal loss (Lin et al. 2017) of logits against {0, 1} (or soft) targets."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = prob * targets + (1 - prob) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def average_num_boxes(num: float, device: torch.device) -> float:
+    """The number of target boxes averaged over distributed workers, at least 1."""
+    t = torch.as_tensor([float(num)], device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+        t = t / torch.distributed.get_world_size()
+    return max(float(t.item()), 1.0)
+
+
+class SetCriterion(nn.Module):
+    """
+    Losses ``loss_ce``, ``loss_bbox``, ``loss_giou`` of the last stage and ``<name>_<k>`` of
+    auxiliary stage k (0-based), already multiplied by their weights, normalised by the
+    (all-reduced) number of target boxes.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        weight_class: float = 2.0,
+        weight_bbox: float = 5.0,
+        weight_giou: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        aux_loss: bool = True,
+    ):
+        super().__init__()
+        self.num_classes, self.matcher, self.aux_loss = num_classes, matcher, aux_loss
+        self.weights = {"loss_ce": weight_class, "loss_bbox": weight_bbox, "loss_giou": weight_giou}
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+
+    def forward(
+        self, pred_logits: Tensor, pred_boxes: Tensor, targets: List[Dict[str, Tensor]]
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            pred_logits: (K, B, N, C); pred_boxes: (K, B, N, 4) cxcywh in [0, 1];
+            targets: B dicts {"labels": (G,) long, "boxes": (G, 4) normalised cxcywh}.
+        """
+        pred_logits, pred_boxes = pred_logits.float(), pred_boxes.float()  # fp32 under autocast
+        num_boxes = average_num_boxes(sum(len(t["labels"]) for t in targets), pred_logits.device)
+        k_last = pred_logits.shape[0] - 1
+        stages = range(k_last + 1) if self.aux_loss else [k_last]
+        losses = {}
+        for k in stages:
+            indices = self.matcher(pred_logits[k], pred_boxes[k], targets)
+            suffix = "" if k == k_last else f"_{k}"
+            for name, value in self.stage_losses(
+                pred_logits[k], pred_boxes[k], targets, indices, num_boxes
+            ).items():
+                losses[name + suffix] = value
+        return losses
+
+    def stage_losses(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        targets: List[Dict[str, Tensor]],
+        indices: List[Indices],
+        num_boxes: Optional[float] = None,
+    ) -> Dict[str, Tensor]:
+        """
+        Weighted losses of one stage for a given assignment (also used with the teacher's
+        assignment by the query-prior distillation).
+
+        Args:
+            logits: (B, N, C); boxes: (B, N, 4); indices: B pairs (query_idx, target_idx).
+            num_boxes: normaliser (default: the all-reduced number of targets).
+        """
+        if num_boxes is None:
+            num_boxes = average_num_boxes(sum(len(t["labels"]) for t in targets), logits.device)
+        batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)])
+        query_idx = torch.cat([q for q, _ in indices])
+        onehot = torch.zeros_like(logits)
+        labels = torch.cat([t["labels"][g] for t, (_, g) in zip(targets, indices)])
+        onehot[batch_idx, query_idx, labels] = 1.0
+        # Focal loss summed over queries and classes, per target box (Deformable DETR).
+        loss_ce = (
+            sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+        )
+        src = boxes[batch_idx, query_idx]  # (M, 4)
+        tgt = torch.cat([t["boxes"][g] for t, (_, g) in zip(targets, indices)]).to(src)
+        loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
+        giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
+        loss_giou = (1 - giou).sum() / num_boxes
+        raw = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        return {k: v * self.weights[k] for k, v in raw.items()}

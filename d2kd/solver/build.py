@@ -1,0 +1,95 @@
+"""
+The optimizer of ``train_net.py``: Detectron2's SGD unless the config asks for a DETR recipe.
+
+DETR-family recipes (DETR, Deformable DETR, DETRDistill) use AdamW, a smaller learning rate for
+the backbone (``SOLVER.BACKBONE_MULTIPLIER``) and for the deformable attention's sampling
+offsets and reference points (``SOLVER.LINEAR_PROJ_MULTIPLIER``), and clip the gradient norm of
+the whole model (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"``), where Detectron2 clips per
+parameter.
+"""
+
+import itertools
+from typing import Any, Dict, List
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import build_optimizer as d2_build_optimizer
+from detectron2.solver.build import maybe_add_gradient_clipping
+from torch import nn
+
+__all__ = ["build_optimizer", "optimizer_param_groups", "lr_multiplier"]
+
+OPTIMIZERS = ("SGD", "ADAMW")
+
+
+def lr_multiplier(name: str, cfg: CfgNode) -> float:
+    """The learning-rate factor of parameter ``name`` (a dotted name from ``named_parameters``)."""
+    s = cfg.SOLVER
+    if "backbone" in name.split("."):
+        return s.BACKBONE_MULTIPLIER
+    if any(key in name for key in s.LINEAR_PROJ_NAMES):
+        return s.LINEAR_PROJ_MULTIPLIER
+    return 1.0
+
+
+def optimizer_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
+    """
+    One group per learning-rate factor over the trainable parameters (each parameter once), with
+    ``SOLVER.WEIGHT_DECAY`` on all of them as Deformable DETR does.
+    """
+    groups: Dict[float, List[nn.Parameter]] = {}
+    seen = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        groups.setdefault(lr_multiplier(name, cfg), []).append(p)
+    return [
+        {"params": params, "lr": cfg.SOLVER.BASE_LR * mult, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
+        for mult, params in groups.items()
+    ]
+
+
+def _full_model_clipping(optimizer_type: type, max_norm: float, norm_type: float) -> type:
+    """A subclass of ``optimizer_type`` whose ``step`` first clips the norm of all gradients."""
+
+    def step(self, closure=None):
+        params = itertools.chain(*[g["params"] for g in self.param_groups])
+        torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+        return super(new_type, self).step(closure)
+
+    new_type = type(
+        optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step}
+    )
+    return new_type
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """
+    Detectron2's optimizer when ``SOLVER.OPTIMIZER`` is "SGD" with no lr multipliers and no
+    full-model clipping; otherwise SGD/AdamW over :func:`optimizer_param_groups`, clipped as
+    ``SOLVER.CLIP_GRADIENTS`` says.
+
+    Raises:
+        ValueError: for an unknown ``SOLVER.OPTIMIZER``.
+    """
+    s = cfg.SOLVER
+    name = s.OPTIMIZER.upper()
+    if name not in OPTIMIZERS:
+        raise ValueError(f'SOLVER.OPTIMIZER "{s.OPTIMIZER}" is not one of {OPTIMIZERS}')
+    full_clip = s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+    plain = s.BACKBONE_MULTIPLIER == 1.0 and s.LINEAR_PROJ_MULTIPLIER == 1.0
+    if name == "SGD" and plain and not full_clip:
+        return d2_build_optimizer(cfg, model)
+    groups = optimizer_param_groups(cfg, model)
+    if name == "ADAMW":
+        optimizer_type, kwargs = torch.optim.AdamW, {}
+    else:
+        optimizer_type, kwargs = torch.optim.SGD, {"momentum": s.MOMENTUM, "nesterov": s.NESTEROV}
+    if full_clip:
+        optimizer_type = _full_model_clipping(
+            optimizer_type, s.CLIP_GRADIENTS.CLIP_VALUE, s.CLIP_GRADIENTS.NORM_TYPE
+        )
+    else:
+        optimizer_type = maybe_add_gradient_clipping(cfg, optimizer_type)
+    return optimizer_type(groups, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY, **kwargs)

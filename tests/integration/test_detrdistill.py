@@ -1,0 +1,211 @@
+"""DistillDetector + DETRDistillLoss on tiny DeformableDETRs (64 px, CPU): loss terms per
+component, the frozen teacher, agreement checks with a teacher equal to the student, and
+build-time errors."""
+
+import pytest
+
+pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
+
+import torch  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.test_deformable_detr import TINY  # noqa: E402
+
+KD_CFG = "shapes/kd/detrdistill_deformable_detr_R50_to_R18.yaml"
+TEACHER = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+TEACHER += TINY + ["MODEL.DEFORMABLE_DETR.DEC_LAYERS", 3]  # 3 teacher stages vs 2 student stages
+D = "MODEL.KD.DETRDISTILL."
+P = "loss_kd_detrdistill_"
+LOGITS = {P + "logits_cls", P + "logits_l1", P + "logits_giou"}
+QUERY = {P + "query_cls", P + "query_l1", P + "query_giou"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_shapes(str(tmp_path_factory.mktemp("shapes")), n=4)
+
+
+def _model(opts=(), teacher_opts=()):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(KD_CFG, TINY + ["MODEL.KD.TEACHER.OPTS", TEACHER + list(teacher_opts), *opts])
+    return cfg, build_model(cfg)
+
+
+def _step(cfg, model, data):
+    model.train()
+    with EventStorage(0):
+        return model(make_batch(cfg, data[:2]))
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ((True, True, True, False), LOGITS | {P + "feat"} | QUERY),
+        ((True, False, False, False), LOGITS),
+        ((False, True, False, False), {P + "feat"}),
+        ((False, False, True, False), QUERY),
+        ((False, False, False, True), {P + "contrast"}),
+    ],
+)
+def test_each_component_switches_its_terms(data, flags, expected):
+    opts = [D + "CONTRAST.PROJ_DIM", 16]
+    for name, on in zip(("LOGITS", "FEAT", "QUERY_PRIOR", "CONTRAST"), flags):
+        opts += [D + name + ".ENABLED", on]
+    cfg, model = _model(opts)
+    losses = _step(cfg, model, data)
+    kd = {k for k in losses if k.startswith("loss_kd_")}
+    assert kd == expected
+    assert {"loss_ce", "loss_ce_0"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in model.student.transformer.parameters()
+    )
+
+
+def test_default_is_the_official_recipe_without_contrast(data):
+    cfg, model = _model()
+    loss = model.losses["DETRDistillLoss"]
+    assert loss.stage_map == [1, 2]  # student stages 1, 2 -> teacher stages 2, 3
+    assert not hasattr(loss, "contrast_head")
+    assert not any(k.startswith("teacher") or ".student." in k for k in model.state_dict())
+    assert loss.student is model.student and "student" not in dict(loss.named_children())
+
+
+def test_teacher_equal_to_student_agrees(data):
+    """Same architecture, same weights, frozen BN, no dropout: box terms and the feature term
+    vanish, and the teacher-query group is the student's own GT loss (same queries, same
+    assignment)."""
+    same = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", 2]
+    cfg, model = _model(same, teacher_opts=same)
+    model.student.load_state_dict(model.teacher.state_dict())
+    losses = _step(cfg, model, data)
+    assert losses[P + "logits_l1"].item() == pytest.approx(0.0, abs=1e-5)
+    assert losses[P + "logits_giou"].item() == pytest.approx(0.0, abs=1e-4)
+    assert losses[P + "feat"].item() == pytest.approx(0.0, abs=1e-8)
+    for kd, gt in (
+        ("query_cls", "loss_ce"),
+        ("query_l1", "loss_bbox"),
+        ("query_giou", "loss_giou"),
+    ):
+        own = losses[gt] + losses[gt + "_0"]
+        assert losses[P + kd].item() == pytest.approx(own.item(), rel=1e-4)
+
+
+def test_rerun_encoder_and_memory_source_run(data):
+    cfg, model = _model([D + "QUERY_PRIOR.RERUN_ENCODER", True, D + "FEAT.SOURCE", "memory",
+                         D + "FEAT.MASK_PADDING", True, D + "LOGITS.STAGE_MAP", "last"])  # fmt: skip
+    assert model.losses["DETRDistillLoss"].stage_map == [2, 2]
+    losses = _step(cfg, model, data)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_feature_adapter_when_widths_differ(data):
+    cfg, model = _model(
+        [D + "QUERY_PRIOR.ENABLED", False], teacher_opts=["MODEL.DEFORMABLE_DETR.HIDDEN_DIM", 64]
+    )
+    adapters = model.losses["DETRDistillLoss"].adapters
+    assert len(adapters) == 4 and adapters[0].weight.shape[:2] == (64, 32)
+    losses = _step(cfg, model, data)
+    sum(losses.values()).backward()
+    assert adapters[0].weight.grad is not None
+
+
+def test_build_time_errors(tmp_path):
+    with pytest.raises(ValueError, match="HIDDEN_DIM"):
+        _model(teacher_opts=["MODEL.DEFORMABLE_DETR.HIDDEN_DIM", 64])
+    with pytest.raises(ValueError, match="NUM_FEATURE_LEVELS"):
+        _model(
+            [D + "QUERY_PRIOR.ENABLED", False],
+            teacher_opts=["MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS", 3],
+        )
+    with pytest.raises(ValueError, match="all disabled"):
+        _model(
+            [
+                D + "LOGITS.ENABLED",
+                False,
+                D + "FEAT.ENABLED",
+                False,
+                D + "QUERY_PRIOR.ENABLED",
+                False,
+            ]
+        )
+    with pytest.raises(ValueError, match="STAGE_MAP"):
+        _model([D + "LOGITS.STAGE_MAP", "first"])
+    with pytest.raises(ValueError, match="FEAT.SOURCE"):
+        _model([D + "FEAT.SOURCE", "backbone"])
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        _model(teacher_opts=["MODEL.DEFORMABLE_DETR.NUM_CLASSES", 5])
+    with pytest.raises(ValueError, match="TEACHER.RUN"):
+        _model(["MODEL.KD.TEACHER.RUN", "backbone"])
+
+
+def test_non_detr_teacher_is_rejected():
+    cfg = tiny_cfg(
+        KD_CFG,
+        TINY + ["MODEL.KD.TEACHER.CONFIG_FILE", "configs/shapes/retinanet_R18.yaml",
+                "MODEL.KD.TEACHER.OPTS", ["MODEL.DEVICE", "cpu"]],
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="DETR-type teacher.*RetinaNet"):
+        build_model(cfg)
+    cfg = tiny_cfg(
+        "shapes/kd/mse_retinanet_R50_to_R18.yaml",
+        ["MODEL.KD.LOSSES", ["DETRDistillLoss"], "MODEL.KD.TEACHER.OPTS",
+         ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]],
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="DETR-type student"):
+        build_model(cfg)
+
+
+def test_coco_configs_chain_to_deformable_detr_teachers():
+    from d2kd.config import get_d2kd_cfg
+    from d2kd.modeling.teacher import load_teacher_cfg
+
+    from tests.integration.common import config_path
+
+    for leaf, depth in (("R101_to_R50", 50), ("R101_to_R18", 18)):
+        cfg = get_d2kd_cfg()
+        cfg.merge_from_file(
+            config_path(f"detrdistill/detrdistill_deformable_detr_{leaf}_50ep.yaml")
+        )
+        cfg.freeze()
+        assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.KD.LOSSES == ["DETRDistillLoss"]
+        assert (
+            cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
+        )
+        teacher = load_teacher_cfg(cfg)
+        assert (
+            teacher.MODEL.META_ARCHITECTURE == "DeformableDETR"
+            and teacher.MODEL.RESNETS.DEPTH == 101
+        )
+        assert not cfg.MODEL.KD.DETRDISTILL.CONTRAST.ENABLED
+
+
+def test_mixed_precision_forward_keeps_kd_terms_in_fp32(data):
+    cfg, model = _model()
+    model.train()
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(make_batch(cfg, data[:2]))
+    kd = {k: v for k, v in losses.items() if k.startswith("loss_kd_")}
+    assert len(kd) == 7 and all(v.dtype == torch.float32 and torch.isfinite(v) for v in kd.values())
+
+
+def test_images_without_annotations_stay_finite(data):
+    cfg, model = _model([D + "CONTRAST.ENABLED", True, D + "CONTRAST.PROJ_DIM", 16])
+    batch = make_batch(cfg, data[:2])
+    batch[0]["instances"] = batch[0]["instances"][:0]  # one empty image
+    model.train()
+    with EventStorage(0):
+        losses = model(batch)
+    assert len([k for k in losses if k.startswith("loss_kd_")]) == 8
+    assert all(torch.isfinite(v) for v in losses.values())
+    for x in batch:
+        x["instances"] = x["instances"][:0]  # no box in the whole batch
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
