@@ -4,6 +4,7 @@ from detectron2.config import CfgNode as CN
 
 from .detectors import add_atss_config, add_fcos_config
 from .kd import add_kd_config
+from .pgd_fgd import add_pgd_fgd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
 
@@ -13,6 +14,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_kd_config(cfg)
     add_fcos_config(cfg)
     add_atss_config(cfg)
+    add_pgd_fgd_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

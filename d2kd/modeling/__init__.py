@@ -7,6 +7,7 @@ except ImportError:  # pragma: no cover
     __all__ = []
 else:
     from .adapters import ADAPTER_REGISTRY, build_adapter
+    from .backbone import MobileNetV2
     from .dense_outputs import DenseOutputs, decode_boxes, dense_outputs
     from .distill_detector import DistillDetector, build_student
     from .losses import DISTILL_LOSS_REGISTRY, DistillLoss, build_distill_losses
@@ -18,6 +19,7 @@ else:
     __all__ = [
         "ADAPTER_REGISTRY",
         "build_adapter",
+        "MobileNetV2",
         "DenseOutputs",
         "decode_boxes",
         "dense_outputs",

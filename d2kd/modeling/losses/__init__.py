@@ -3,5 +3,6 @@ from .registry import DISTILL_LOSS_REGISTRY, build_distill_losses
 
 # Imported for their registration side effect:
 from . import feature_mse  # noqa: F401 isort:skip
+from . import fgd, pgd  # noqa: F401 isort:skip
 
 __all__ = ["DistillLoss", "DISTILL_LOSS_REGISTRY", "build_distill_losses"]
