@@ -37,18 +37,17 @@ REFERENCE_JITTER = 0.05
 
 def box_iou(boxes: Tensor, gt: Tensor) -> Tensor:
     """
-    Args:
-        boxes: (N, R, 4) predicted boxes; gt: (N, G, 4) ground-truth boxes.
-    Returns:
-        (N, R, G) IoU; 0 where the union is empty.
+    IoU of box pairs, broadcasting ``boxes`` (..., 4) against ``gt`` (..., 4); 0 for an empty
+    union. All pairs of two sets: ``box_iou(boxes[:, :, None], gt[:, None])`` -> (N, R, G).
     """
-    b, g = boxes[:, :, None, :], gt[:, None, :, :]
-    wh = (torch.minimum(b[..., 2:], g[..., 2:]) - torch.maximum(b[..., :2], g[..., :2])).clamp(
+    wh = (
+        torch.minimum(boxes[..., 2:], gt[..., 2:]) - torch.maximum(boxes[..., :2], gt[..., :2])
+    ).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_b = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
         min=0
     )
-    inter = wh[..., 0] * wh[..., 1]
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    area_g = (g[..., 2] - g[..., 0]).clamp(min=0) * (g[..., 3] - g[..., 1]).clamp(min=0)
+    area_g = (gt[..., 2] - gt[..., 0]).clamp(min=0) * (gt[..., 3] - gt[..., 1]).clamp(min=0)
     union = area_b + area_g - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 

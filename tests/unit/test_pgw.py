@@ -20,9 +20,11 @@ from d2kd.layers.pgw import (
 def test_box_iou_hand_values():
     boxes = torch.tensor([[[0.0, 0, 2, 2], [5, 5, 6, 6], [1, 1, 1, 1]]])  # (1, 3, 4)
     gt = torch.tensor([[[1.0, 1, 3, 3], [0, 0, 2, 2]]])  # (1, 2, 4)
-    iou = box_iou(boxes, gt)
+    iou = box_iou(boxes[:, :, None], gt[:, None])
     expected = torch.tensor([[[1 / 7, 1.0], [0.0, 0.0], [0.0, 0.0]]])
     assert torch.allclose(iou, expected)
+    # Aligned pairs (what the generator computes for inside pairs only).
+    assert torch.allclose(box_iou(boxes[0, :2], gt[0]), torch.tensor([1 / 7, 0.0]))
 
 
 def test_quality_score_hand_values():

@@ -149,15 +149,19 @@ class PGWMaskGenerator(nn.Module):
         centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (R, 2)
         boxes = decode_boxes(self.teacher, out.box_reg.float(), anchors)  # (N, R, 4)
         gt, classes, gt_valid = pad_gt_instances(gt_instances, anchors.device)
-        n, r, g = boxes.shape[0], boxes.shape[1], gt.shape[1]
-        probs = out.logits.float().sigmoid().gather(2, classes[:, None, :].expand(n, r, g))
-        iou = box_iou(boxes, gt)  # (N, R, G)
         inside = points_inside_boxes(centres[None, :, None], gt[:, None], self.axis_swap)
-        inside = inside & gt_valid[:, None, :]
-        allowed = (gt_valid[:, None, :] & self._in_image(centres, image_sizes)[:, :, None]).float()
+        inside = inside & gt_valid[:, None, :]  # (N, R, G)
+        scored = gt_valid[:, None, :] & self._in_image(centres, image_sizes)[:, :, None]
+        if not self.topk_before_inside:
+            scored = scored & inside  # Eq. 1: only (prior, box) pairs inside the box have quality
+        # Quality on the scored pairs only (far fewer than N*R*G by default): (M,) each.
+        n_i, r_i, g_i = scored.nonzero(as_tuple=True)
+        iou = box_iou(boxes[n_i, r_i], gt[n_i, g_i])
+        prob = out.logits[n_i, r_i, classes[n_i, g_i]].float().sigmoid()
         maps = {"bg": background_mask(inside)}
         for name, xi in (("cls", self.xi_cls), ("reg", self.xi_reg)):
-            q = quality_score(probs, iou, xi) * allowed
+            q = boxes.new_zeros(scored.shape)
+            q[n_i, r_i, g_i] = quality_score(prob, iou, xi)
             maps[name] = prediction_guided_weights(
                 q, inside, centres, self.topk, self.cov_eps, self.topk_before_inside, self.jitter
             )
