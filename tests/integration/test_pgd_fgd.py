@@ -8,8 +8,16 @@ import torch  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from d2kd.layers.pgw import (  # noqa: E402
+    box_iou,
+    points_inside_boxes,
+    prediction_guided_weights,
+    quality_score,
+)
 from d2kd.modeling.adapters import Conv1x1  # noqa: E402
+from d2kd.modeling.dense_outputs import decode_boxes, dense_outputs  # noqa: E402
 from d2kd.modeling.losses.pgd import first_block_tap  # noqa: E402
+from d2kd.modeling.masks.pgw import pad_gt_instances  # noqa: E402
 from d2kd.modeling.teacher import run_teacher  # noqa: E402
 
 from tests.integration.common import REPO, make_batch, tiny_cfg, tiny_shapes  # noqa: E402
@@ -128,6 +136,30 @@ def test_pgw_masks_of_one_image_ignore_the_others(data):
         assert not ((fg > 0) & (bg > 0)).any()
 
 
+def test_pgw_generator_matches_a_dense_computation(data):
+    """The generator scores only inside pairs; all-pairs quality must give the same maps."""
+    cfg, model = _model("shapes/kd/pgd_retinanet_R50_to_R18.yaml")
+    batch = make_batch(cfg, data[:2])
+    teacher, gen = model.teacher, model.losses["PGDLoss"].mask_generator
+    images, (_, predictions, anchors) = run_teacher(teacher, "dense", batch)
+    out = dense_outputs(teacher, predictions, anchors)
+    assert out.num_anchors == 9
+    gt_list = [x["instances"] for x in batch]
+    maps = gen.flat_maps(out, gt_list, images.image_sizes)
+    centres = (out.anchors[:, :2] + out.anchors[:, 2:]) / 2
+    gt, classes, valid = pad_gt_instances(gt_list, centres.device)
+    n, r, g = len(batch), len(centres), gt.shape[1]
+    prob = out.logits.sigmoid().gather(2, classes[:, None].expand(n, r, g))
+    iou = box_iou(decode_boxes(teacher, out.box_reg, out.anchors)[:, :, None], gt[:, None])
+    inside = points_inside_boxes(centres[None, :, None], gt[:, None]) & valid[:, None]
+    for name, xi in (("cls", 0.8), ("reg", 0.6)):
+        ref = prediction_guided_weights(
+            quality_score(prob, iou, xi) * inside, inside, centres, k=30
+        )
+        assert torch.allclose(maps[name], ref, atol=1e-6), name
+        assert (maps[name] > 0).sum() <= 30 * valid.sum()  # at most K key priors per object
+
+
 def test_pgd_reference_flags_run(data):
     flags = [
         "MODEL.KD.PGD.EMULATE_TOPK_BEFORE_INSIDE", True,
@@ -140,15 +172,21 @@ def test_pgd_reference_flags_run(data):
     assert len(_kd_keys(losses, "pgd")) == 25
 
 
-def test_mobilenetv2_students_use_adapters(data):
-    narrow = ["MODEL.FPN.OUT_CHANNELS", 32]
-    cfg, model = _model("shapes/kd/fgd_retinanet_R50_to_MBv2.yaml", narrow)
+NARROW = ["MODEL.FPN.OUT_CHANNELS", 32]  # student FPN/head 32 wide, teacher 64
+
+
+def test_mobilenetv2_student_fgd_uses_adapters(data):
+    cfg, model = _model("shapes/kd/fgd_retinanet_R50_to_MBv2.yaml", NARROW)
     assert type(model.student.backbone.bottom_up).__name__ == "MobileNetV2"
     losses = _step(cfg, model, data)
     adapter = model.losses["FGDLoss"].adapters["p3"]
     assert isinstance(adapter, Conv1x1) and adapter.weight.grad is not None
     assert len(_kd_keys(losses, "fgd")) == 20
-    cfg, model = _model("shapes/kd/pgd_fcos_R50_to_MBv2.yaml", narrow)
+
+
+def test_mobilenetv2_student_pgd_uses_adapters(data):
+    cfg, model = _model("shapes/kd/pgd_fcos_R50_to_MBv2.yaml", NARROW)
+    assert type(model.student.backbone.bottom_up).__name__ == "MobileNetV2"
     losses = _step(cfg, model, data)
     pgd = model.losses["PGDLoss"]
     assert isinstance(pgd.cls_adapter, Conv1x1) and pgd.reg_adapter.weight.grad is not None
