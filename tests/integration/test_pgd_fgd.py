@@ -87,6 +87,25 @@ def test_fgd_train_step(data, arch):
     assert loss.gc_teacher["p3"].channel_add[-1].weight.grad is not None
 
 
+@pytest.mark.parametrize("config", ["pgd_retinanet_R50_to_R18.yaml", "fgd_fcos_R50_to_R18.yaml"])
+def test_images_without_objects(data, config):
+    cfg, model = _model(f"shapes/kd/{config}")
+    batch = make_batch(cfg, data[:2])
+    batch[0]["instances"] = batch[0]["instances"][:0]
+    model.train()
+    with EventStorage(0):
+        losses = model(batch)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+    for x in batch:
+        x["instances"] = x["instances"][:0]
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    fg = [v for k, v in losses.items() if "_fg_" in k or k.startswith("loss_kd_pgd_reg")]
+    assert all(v.item() == 0.0 for v in fg)  # no object: no key region, no foreground
+
+
 def _same_weights_model(config, student_config):
     """Teacher = student architecture with the student's weights; FrozenBN so train == eval."""
     frozen = ["MODEL.RESNETS.NORM", "FrozenBN"]
