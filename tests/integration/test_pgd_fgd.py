@@ -179,6 +179,20 @@ def test_pgw_generator_matches_a_dense_computation(data):
         assert (maps[name] > 0).sum() <= 30 * valid.sum()  # at most K key priors per object
 
 
+def test_fcos_teacher_boxes_are_decoded_in_pixels_with_each_levels_stride(data):
+    cfg, model = _model("shapes/kd/pgd_fcos_R50_to_R18.yaml")
+    teacher = model.teacher
+    _, (_, predictions, anchors) = run_teacher(teacher, "dense", make_batch(cfg, data[:1]))
+    logits, box_reg, ctr = predictions
+    ones = [torch.ones_like(x) for x in box_reg]  # (l, t, r, b) = 1 stride unit everywhere
+    out = dense_outputs(teacher, (logits, ones, ctr), anchors)
+    boxes = decode_boxes(teacher, out.box_reg, out.anchors)[0]  # (R, 4)
+    centres = (out.anchors[:, :2] + out.anchors[:, 2:]) / 2
+    stride = out.prior_strides()[:, None]
+    assert out.strides == [8, 16, 32, 64, 128]
+    assert torch.allclose(boxes, torch.cat([centres - stride, centres + stride], dim=1))
+
+
 def test_pgd_reference_flags_run(data):
     flags = [
         "MODEL.KD.PGD.EMULATE_TOPK_BEFORE_INSIDE", True,
