@@ -6,6 +6,7 @@ from .bckd_ld import add_bckd_ld_config
 from .detectors import add_atss_config, add_fcos_config
 from .detr import add_detr_config
 from .kd import add_kd_config
+from .pgd_fgd import add_pgd_fgd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
 
@@ -17,6 +18,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_atss_config(cfg)
     add_bckd_ld_config(cfg)
     add_detr_config(cfg)
+    add_pgd_fgd_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

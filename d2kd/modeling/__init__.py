@@ -7,6 +7,7 @@ except ImportError:  # pragma: no cover
     __all__ = []
 else:
     from .adapters import ADAPTER_REGISTRY, build_adapter
+    from .backbone import MobileNetV2
     from .dense_outputs import DenseOutputs, decode_boxes, dense_outputs
     from .detr import DeformableDETR
     from .distill_detector import DistillDetector, build_student
@@ -19,6 +20,7 @@ else:
     __all__ = [
         "ADAPTER_REGISTRY",
         "build_adapter",
+        "MobileNetV2",
         "DenseOutputs",
         "decode_boxes",
         "dense_outputs",
