@@ -1,13 +1,19 @@
 """Build-time checks that a teacher and a student can be distilled together."""
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from detectron2.layers import ShapeSpec
 from torch import nn
 
 from .recorder import resolve_module
 
-__all__ = ["feature_shapes", "num_classes_of", "check_same_num_classes", "check_same_strides"]
+__all__ = [
+    "feature_shapes",
+    "paired_feature_shapes",
+    "num_classes_of",
+    "check_same_num_classes",
+    "check_same_strides",
+]
 
 
 def feature_shapes(
@@ -29,6 +35,29 @@ def feature_shapes(
             f'{which} module "{module}" has no features {missing}; it has {sorted(shapes)}'
         )
     return {k: shapes[k] for k in keys}
+
+
+def paired_feature_shapes(
+    student: nn.Module, teacher: nn.Module, node, key_name: str
+) -> Tuple[Dict[str, ShapeSpec], Dict[str, ShapeSpec]]:
+    """
+    Shapes of the features ``node.KEYS`` of ``node.STUDENT_MODULE`` / ``node.TEACHER_MODULE``
+    (a config node such as ``MODEL.KD.FGD``), checking that each key has the same stride on
+    both sides. ``key_name`` (e.g. "MODEL.KD.FGD.KEYS") names the key in errors.
+
+    Returns:
+        (student_shapes, teacher_shapes): key -> ShapeSpec.
+    """
+    keys = list(node.KEYS)
+    s_shapes = feature_shapes(student, node.STUDENT_MODULE, keys, "student")
+    t_shapes = feature_shapes(teacher, node.TEACHER_MODULE, keys, "teacher")
+    for k in keys:
+        if s_shapes[k].stride != t_shapes[k].stride:
+            raise ValueError(
+                f"{key_name}: feature '{k}' has stride {s_shapes[k].stride} in the student but "
+                f"{t_shapes[k].stride} in the teacher; strides must be equal"
+            )
+    return s_shapes, t_shapes
 
 
 def num_classes_of(model: nn.Module) -> int:

@@ -241,7 +241,7 @@ def test_bad_pgd_fgd_configs_raise_clear_errors():
         _model("shapes/kd/pgd_fcos_R50_to_R18.yaml", ["MODEL.KD.PGD.LEVEL_WEIGHTS", [1.0, 2.0]])
     with pytest.raises(KeyError, match="unknown mask generator"):
         _model("shapes/kd/pgd_fcos_R50_to_R18.yaml", ["MODEL.KD.PGD.MASK_GENERATOR", "Nope"])
-    with pytest.raises(KeyError, match="p9"):
+    with pytest.raises(ValueError, match="no features .*p9"):
         _model("shapes/kd/fgd_fcos_R50_to_R18.yaml", ["MODEL.KD.FGD.KEYS", ["p3", "p9"]])
 
 

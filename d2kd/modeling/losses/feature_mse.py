@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..adapters import build_adapter
-from ..checks import feature_shapes
+from ..checks import paired_feature_shapes
 from ..record import DistillRecord
 from .base import DistillLoss
 from .registry import DISTILL_LOSS_REGISTRY
@@ -55,14 +55,7 @@ class FeatureMSELoss(DistillLoss):
     def from_config(cls, cfg, student: nn.Module, teacher: nn.Module):
         c = cfg.MODEL.KD.FEATURE_MSE
         keys = list(c.KEYS)
-        s_shapes = feature_shapes(student, c.STUDENT_MODULE, keys, "student")
-        t_shapes = feature_shapes(teacher, c.TEACHER_MODULE, keys, "teacher")
-        for k in keys:
-            if s_shapes[k].stride != t_shapes[k].stride:
-                raise ValueError(
-                    f"MODEL.KD.FEATURE_MSE.KEYS: feature '{k}' has stride {s_shapes[k].stride} in "
-                    f"the student but {t_shapes[k].stride} in the teacher; strides must be equal"
-                )
+        s_shapes, t_shapes = paired_feature_shapes(student, teacher, c, "MODEL.KD.FEATURE_MSE.KEYS")
         return {
             "student_module": c.STUDENT_MODULE,
             "teacher_module": c.TEACHER_MODULE,

@@ -20,7 +20,7 @@ from d2kd.layers.fgd_terms import fgd_feature_terms, fgd_global_term
 from d2kd.layers.gc_block import GcBlock
 
 from ..adapters import build_adapter
-from ..checks import feature_shapes
+from ..checks import paired_feature_shapes
 from ..masks import build_mask_generator
 from ..record import DistillRecord
 from .base import DistillLoss
@@ -81,14 +81,7 @@ class FGDLoss(DistillLoss):
     def from_config(cls, cfg, student: nn.Module, teacher: nn.Module):
         c = cfg.MODEL.KD.FGD
         keys = list(c.KEYS)
-        s_shapes = feature_shapes(student, c.STUDENT_MODULE, keys, "student")
-        t_shapes = feature_shapes(teacher, c.TEACHER_MODULE, keys, "teacher")
-        for k in keys:
-            if s_shapes[k].stride != t_shapes[k].stride:
-                raise ValueError(
-                    f"MODEL.KD.FGD.KEYS: feature '{k}' has stride {s_shapes[k].stride} in the "
-                    f"student but {t_shapes[k].stride} in the teacher; strides must be equal"
-                )
+        s_shapes, t_shapes = paired_feature_shapes(student, teacher, c, "MODEL.KD.FGD.KEYS")
         return {
             "mask_generator": build_mask_generator(c.MASK_GENERATOR, cfg, student, teacher),
             "student_module": c.STUDENT_MODULE,
