@@ -11,7 +11,7 @@ else:
     from .distill_detector import DistillDetector, build_student
     from .losses import DISTILL_LOSS_REGISTRY, DistillLoss, build_distill_losses
     from .masks import MASK_GENERATOR_REGISTRY, build_mask_generator
-    from .meta_arch import FCOS
+    from .meta_arch import ATSS, FCOS
     from .record import DistillRecord
     from .recorder import TapRecorder
 
@@ -28,6 +28,7 @@ else:
         "build_distill_losses",
         "MASK_GENERATOR_REGISTRY",
         "build_mask_generator",
+        "ATSS",
         "FCOS",
         "DistillRecord",
         "TapRecorder",

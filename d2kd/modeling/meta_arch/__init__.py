@@ -1,3 +1,4 @@
+from .atss import ATSS
 from .fcos import FCOS
 
-__all__ = ["FCOS"]
+__all__ = ["ATSS", "FCOS"]
