@@ -91,6 +91,32 @@ def test_label_anchors_format_and_background(model_and_cfg):
     assert labels[0].tolist() == [4, 4, 4]
 
 
+def test_losses_by_hand(model_and_cfg):
+    model, _ = model_and_cfg
+    # Anchor 0 (side 64, centre (8, 0)) is a positive of class 1 with GT (0, -16, 32, 32); anchor 1
+    # is background. All outputs 0: scores 0.5, deltas 0 (the box is the anchor itself).
+    anchors = [Boxes(torch.tensor([[-24.0, -32, 40, 32], [40.0, 40, 104, 104]]))]
+    logits, deltas, ctr_logits = (
+        [torch.zeros(1, 2, 4)],
+        [torch.zeros(1, 2, 4)],
+        [torch.zeros(1, 2, 1)],
+    )
+    labels, gt_boxes = [torch.tensor([1, 4])], [torch.tensor([[0.0, -16, 32, 32], [0, 0, 0, 0]])]
+    with EventStorage(0):
+        losses = model.losses(anchors, logits, labels, deltas, gt_boxes, ctr_logits)
+    ln2 = math.log(2.0)
+    # Focal at p = 0.5: 0.25 * 0.25 * ln 2 for the one positive class, 0.75 * 0.25 * ln 2 for
+    # the 7 negatives; one positive -> normaliser 1.
+    assert losses["loss_atss_cls"].item() == pytest.approx((0.0625 + 7 * 0.1875) * ln2, rel=1e-5)
+    # Centerness target: l, t, r, b = 8, 16, 24, 32 -> sqrt(8/24 * 16/32) = sqrt(1/6).
+    ctr = math.sqrt(1 / 6)
+    # GIoU of the anchor with the GT: IoU 1536 / 4096, the anchor encloses both -> GIoU = IoU;
+    # weighted by ctr, / max(sum of ctr, 1) = 1, x loss weight 2.
+    assert losses["loss_atss_box"].item() == pytest.approx(2 * ctr * (1 - 0.375), rel=1e-5)
+    # BCE at logit 0 is ln 2 whatever the target.
+    assert losses["loss_atss_ctr"].item() == pytest.approx(ln2, rel=1e-5)
+
+
 def test_two_training_iterations_then_eval(model_and_cfg, data):
     model, cfg = model_and_cfg
     model.train()
