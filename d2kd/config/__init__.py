@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
-from .detectors import add_atss_config, add_fcos_config
+from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .kd import add_kd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
@@ -13,6 +13,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_kd_config(cfg)
     add_fcos_config(cfg)
     add_atss_config(cfg)
+    add_gfl_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

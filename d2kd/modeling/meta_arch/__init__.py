@@ -1,4 +1,5 @@
 from .atss import ATSS
 from .fcos import FCOS
+from .gfl import GFL
 
-__all__ = ["ATSS", "FCOS"]
+__all__ = ["ATSS", "FCOS", "GFL"]
