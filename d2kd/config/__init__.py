@@ -3,7 +3,7 @@
 from detectron2.config import CfgNode as CN
 
 from .bckd_ld import add_bckd_ld_config
-from .detectors import add_atss_config, add_fcos_config
+from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .detr import add_detr_config
 from .kd import add_kd_config
 from .pgd_fgd import add_pgd_fgd_config
@@ -16,6 +16,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_kd_config(cfg)
     add_fcos_config(cfg)
     add_atss_config(cfg)
+    add_gfl_config(cfg)
     add_bckd_ld_config(cfg)
     add_detr_config(cfg)
     add_pgd_fgd_config(cfg)

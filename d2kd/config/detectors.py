@@ -1,4 +1,4 @@
-"""Config nodes of the dense detectors d2kd registers for yacs: ``MODEL.FCOS`` and ``MODEL.ATSS``."""
+"""Config nodes of the dense detectors d2kd registers for yacs: ``MODEL.{FCOS, ATSS, GFL}``."""
 
 from detectron2.config import CfgNode as CN
 
@@ -43,3 +43,31 @@ def add_atss_config(cfg: CN) -> None:
     _C.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
     _C.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.ATSS.NMS_THRESH_TEST = 0.6
+
+
+def add_gfl_config(cfg: CN) -> None:
+    """
+    Add ``cfg.MODEL.GFL``: Generalized Focal Loss (Li et al., NeurIPS 2020) on an ATSS-assigned,
+    one-anchor-per-location head; defaults are mmdet's ``gfl_r50_fpn_1x_coco``.
+    """
+    _C = cfg
+    _C.MODEL.GFL = CN()
+    _C.MODEL.GFL.NUM_CLASSES = 80
+    _C.MODEL.GFL.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.MODEL.GFL.NUM_CONVS = 4
+    _C.MODEL.GFL.HEAD_NORM = "GN"
+    _C.MODEL.GFL.PRIOR_PROB = 0.01
+    # One square anchor per location whose side is ANCHOR_SCALE x stride (ATSS assignment only).
+    _C.MODEL.GFL.ANCHOR_SCALE = 8.0
+    # Candidates per level of the ATSS assignment.
+    _C.MODEL.GFL.TOPK = 9
+    # Largest distance (in strides) of a box side: REG_MAX + 1 bins per side.
+    _C.MODEL.GFL.REG_MAX = 16
+    # Exponent of the Quality Focal Loss modulating factor |y - sigma|.
+    _C.MODEL.GFL.QFL_BETA = 2.0
+    _C.MODEL.GFL.QFL_LOSS_WEIGHT = 1.0
+    _C.MODEL.GFL.GIOU_LOSS_WEIGHT = 2.0
+    _C.MODEL.GFL.DFL_LOSS_WEIGHT = 0.25
+    _C.MODEL.GFL.SCORE_THRESH_TEST = 0.05
+    _C.MODEL.GFL.TOPK_CANDIDATES_TEST = 1000
+    _C.MODEL.GFL.NMS_THRESH_TEST = 0.6

@@ -13,7 +13,7 @@ else:
     from .distill_detector import DistillDetector, build_student
     from .losses import DISTILL_LOSS_REGISTRY, DistillLoss, build_distill_losses
     from .masks import MASK_GENERATOR_REGISTRY, build_mask_generator
-    from .meta_arch import FCOS
+    from .meta_arch import ATSS, FCOS, GFL
     from .record import DistillRecord
     from .recorder import TapRecorder
 
@@ -32,7 +32,9 @@ else:
         "build_distill_losses",
         "MASK_GENERATOR_REGISTRY",
         "build_mask_generator",
+        "ATSS",
         "FCOS",
+        "GFL",
         "DistillRecord",
         "TapRecorder",
     ]

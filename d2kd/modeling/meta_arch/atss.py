@@ -1,0 +1,339 @@
+"""
+ATSS (Zhang et al., "Bridging the Gap Between Anchor-based and Anchor-free Detection via Adaptive
+Training Sample Selection", CVPR 2020) for yacs configs (``MODEL.META_ARCHITECTURE: "ATSS"``).
+
+Shape shorthand: N images, K classes, L levels, R anchors over all levels (one per location,
+level by level, row-major as Detectron2's ``permute_to_N_HWA_K``), P positives in the batch.
+
+Training follows mmdet's ``ATSSHead`` (the configuration of the paper's released models): one
+square anchor of side ``8 x stride`` per location (offset 0), ATSS assignment
+(:func:`d2kd.layers.atss_assign.atss_assign`), sigmoid focal loss normalised by the number of
+positives averaged over workers, GIoU on decoded boxes weighted by the centerness targets and
+normalised by their sum, BCE on centerness.
+"""
+
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
+from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from d2kd.layers.atss_assign import atss_assign
+from d2kd.layers.scale import Scale
+from d2kd.utils.comm import reduce_mean
+
+__all__ = ["ATSS", "ATSSHead", "atss_label_anchors", "head_input_shapes", "num_positives"]
+
+logger = logging.getLogger(__name__)
+
+
+class ATSSHead(RetinaNetHead):
+    """
+    Detectron2's :class:`RetinaNetHead` towers (``cls_subnet`` / ``bbox_subnet``: blocks of
+    Conv3x3, norm, ReLU, so ``cls_subnet.2`` is the first block's output), one anchor per
+    location, plus a centerness branch on the box tower and a learnable scale per level on the
+    box regression (mmdet's ``ATSSHead``).
+    """
+
+    def __init__(self, *, input_shape: List[ShapeSpec], conv_dims: List[int], **kwargs):
+        """
+        Args:
+            input_shape: one ShapeSpec per level.
+            conv_dims: channels of each tower convolution.
+            kwargs: ``num_classes``, ``norm``, ``prior_prob`` of :class:`RetinaNetHead`.
+        """
+        super().__init__(input_shape=input_shape, conv_dims=conv_dims, num_anchors=1, **kwargs)
+        self.centerness = nn.Conv2d(conv_dims[-1], 1, kernel_size=3, stride=1, padding=1)
+        nn.init.normal_(self.centerness.weight, std=0.01)
+        nn.init.constant_(self.centerness.bias, 0.0)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in input_shape])
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """
+        Args:
+            features: L maps (N, C, H_l, W_l).
+        Returns:
+            logits (N, K, H_l, W_l), bbox_reg (N, 4, H_l, W_l) (deltas, already scaled),
+            centerness (N, 1, H_l, W_l): three lists of L tensors.
+        """
+        assert len(features) == self._num_features
+        logits, bbox_reg, centerness = [], [], []
+        for feature, scale in zip(features, self.scales):
+            logits.append(self.cls_score(self.cls_subnet(feature)))
+            box_feature = self.bbox_subnet(feature)
+            bbox_reg.append(scale(self.bbox_pred(box_feature)))
+            centerness.append(self.centerness(box_feature))
+        return logits, bbox_reg, centerness
+
+
+def head_input_shapes(backbone: Backbone, in_features: List[str], key: str) -> List[ShapeSpec]:
+    """The backbone's ShapeSpecs of ``in_features``; a KeyError names ``key`` if one is missing."""
+    shapes = backbone.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise KeyError(f"{key}: the backbone has no features {missing}; it has {sorted(shapes)}")
+    return [shapes[f] for f in in_features]
+
+
+@torch.no_grad()
+def atss_label_anchors(
+    anchors: List[Boxes], gt_instances: List[Instances], num_classes: int, topk: int
+) -> Tuple[List[Tensor], List[Tensor]]:
+    """
+    ATSS labels of every anchor, in the format of Detectron2's ``RetinaNet.label_anchors``.
+
+    Args:
+        anchors: L Boxes (R_l, 4), the same for every image.
+        gt_instances: N Instances with ``gt_boxes`` and ``gt_classes``.
+    Returns:
+        gt_labels: N tensors (R,), class in [0, K) or K (background); never -1 (no ignored anchors).
+        matched_gt_boxes: N tensors (R, 4), the assigned GT box (undefined on background).
+    """
+    sizes = [len(a) for a in anchors]
+    flat = Boxes.cat(anchors).tensor  # (R, 4)
+    gt_labels, matched_boxes = [], []
+    for inst in gt_instances:
+        boxes = inst.gt_boxes.tensor
+        idx = atss_assign(flat, sizes, boxes, topk=topk).matched_gt_idx  # (R,)
+        if len(inst) > 0:
+            labels = inst.gt_classes[idx.clamp(min=0)]
+            labels = torch.where(idx >= 0, labels, torch.full_like(labels, num_classes))
+            matched = boxes[idx.clamp(min=0)]
+        else:
+            labels = torch.full_like(idx, num_classes)
+            matched = torch.zeros_like(flat)
+        gt_labels.append(labels)
+        matched_boxes.append(matched)
+    return gt_labels, matched_boxes
+
+
+def num_positives(pos_mask: Tensor) -> Tensor:
+    """
+    mmdet's normaliser: sum over images of max(#positives, 1), averaged over workers, at least 1.
+
+    Args:
+        pos_mask: (N, R) bool.
+    """
+    per_image = pos_mask.sum(dim=1).clamp(min=1).sum().float()
+    return reduce_mean(per_image).clamp(min=1.0)
+
+
+def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
+    """
+    FCOS centerness of the anchor centres in their GT boxes (anchors (P, 4), gt_boxes (P, 4) ->
+    (P,)): ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``. Positive anchors' centres lie
+    inside their box, so it is well defined.
+    """
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    lr = torch.stack([cx - gt_boxes[:, 0], gt_boxes[:, 2] - cx], dim=1)
+    tb = torch.stack([cy - gt_boxes[:, 1], gt_boxes[:, 3] - cy], dim=1)
+    ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (
+        tb.min(dim=1).values / tb.max(dim=1).values
+    )
+    return ratio.clamp(min=0).sqrt()
+
+
+@META_ARCH_REGISTRY.register()
+class ATSS(DenseDetector):
+    """
+    ATSS detector: :class:`ATSSHead` on FPN levels, one ``anchor_scale x stride`` square anchor
+    per location, deltas coded by ``Box2BoxTransform(weights=(10, 10, 5, 5))`` (mmdet's stds
+    0.1, 0.1, 0.2, 0.2). Inference scores are ``sqrt(sigmoid(cls) * sigmoid(ctr))`` as
+    Detectron2's FCOS and the official ATSS code (mmdet ranks by the product ``cls * ctr``
+    without the root; the ranking is the same, only the score threshold acts differently).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        num_classes: int,
+        anchor_scale: float = 8.0,
+        topk: int = 9,
+        box2box_transform: Optional[Box2BoxTransform] = None,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        giou_loss_weight: float = 2.0,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+    ):
+        """
+        Args:
+            backbone / head / head_in_features: as :class:`DenseDetector`.
+            num_classes: K.
+            anchor_scale: anchor side in strides.
+            topk: ATSS candidates per level and GT.
+            box2box_transform: delta coder (default weights (10, 10, 5, 5)).
+            focal_loss_alpha / focal_loss_gamma: sigmoid focal loss parameters.
+            giou_loss_weight: weight of the GIoU box loss.
+            test_*: score threshold, candidates per level before NMS, NMS IoU threshold.
+            max_detections_per_image: detections kept after NMS.
+        """
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        self.num_classes = num_classes
+        shapes = backbone.output_shape()
+        strides = [shapes[f].stride for f in self.head_in_features]
+        self.anchor_scale = float(anchor_scale)
+        self.anchor_generator = DefaultAnchorGenerator(
+            sizes=[[anchor_scale * s] for s in strides],
+            aspect_ratios=[1.0],
+            strides=strides,
+            offset=0.0,
+        )
+        self.box2box_transform = box2box_transform or Box2BoxTransform(
+            weights=(10.0, 10.0, 5.0, 5.0)
+        )
+        self.topk = topk
+        # Loss parameters:
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.giou_loss_weight = giou_loss_weight
+        # Inference parameters:
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+
+    @classmethod
+    def from_config(cls, cfg) -> Dict:
+        c = cfg.MODEL.ATSS
+        backbone = build_backbone(cfg)
+        in_shapes = head_input_shapes(backbone, list(c.IN_FEATURES), "MODEL.ATSS.IN_FEATURES")
+        head = ATSSHead(
+            input_shape=in_shapes,
+            conv_dims=[in_shapes[0].channels] * c.NUM_CONVS,
+            num_classes=c.NUM_CLASSES,
+            norm=c.HEAD_NORM,
+            prior_prob=c.PRIOR_PROB,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": list(c.IN_FEATURES),
+            "num_classes": c.NUM_CLASSES,
+            "anchor_scale": c.ANCHOR_SCALE,
+            "topk": c.TOPK,
+            "box2box_transform": Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS)),
+            # Loss parameters:
+            "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
+            "giou_loss_weight": c.GIOU_LOSS_WEIGHT,
+            # Inference parameters:
+            "test_score_thresh": c.SCORE_THRESH_TEST,
+            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": c.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def kd_head_output_dims(self) -> List[int]:
+        """Per-anchor widths of the head's outputs: class logits, box deltas, centerness."""
+        return [self.num_classes, 4, 1]
+
+    def forward_training(self, images, features, predictions, gt_instances) -> Dict[str, Tensor]:
+        pred_logits, pred_deltas, pred_ctr = self._transpose_dense_predictions(
+            predictions, self.kd_head_output_dims
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr)
+
+    def label_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """See :func:`atss_label_anchors` (background label = ``num_classes``)."""
+        return atss_label_anchors(anchors, gt_instances, self.num_classes, self.topk)
+
+    def losses(
+        self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            anchors: L Boxes; pred_logits / pred_deltas / pred_ctr: L tensors (N, R_l, K / 4 / 1);
+            gt_labels: N (R,); gt_boxes: N (R, 4), from :meth:`label_anchors`.
+        Returns:
+            ``loss_atss_cls``, ``loss_atss_box``, ``loss_atss_ctr``.
+        """
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        normalizer = num_positives(pos_mask)
+        get_event_storage().put_scalar("num_pos_anchors", pos_mask.sum().item() / len(gt_labels))
+
+        logits = torch.cat(pred_logits, dim=1).float()  # (N, R, K)
+        targets = F.one_hot(gt_labels, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        loss_cls = sigmoid_focal_loss_jit(
+            logits,
+            targets,
+            alpha=self.focal_loss_alpha,
+            gamma=self.focal_loss_gamma,
+            reduction="sum",
+        )
+
+        gt_boxes = torch.stack(gt_boxes)  # (N, R, 4)
+        pos_anchors = Boxes.cat(anchors).tensor[None].expand_as(gt_boxes)[pos_mask]  # (P, 4)
+        pos_gt = gt_boxes[pos_mask]  # (P, 4)
+        ctr_targets = centerness_targets(pos_anchors, pos_gt)  # (P,)
+        pos_boxes = self.box2box_transform.apply_deltas(
+            torch.cat(pred_deltas, dim=1)[pos_mask].float(), pos_anchors
+        )
+        # mmdet: GIoU weighted by the centerness targets, divided by their (worker-averaged) sum.
+        ctr_sum = reduce_mean(ctr_targets.sum().detach()).clamp(min=1.0)
+        loss_box = (giou_loss(pos_boxes, pos_gt) * ctr_targets).sum() / ctr_sum
+        pos_ctr = torch.cat(pred_ctr, dim=1).squeeze(-1)[pos_mask].float()  # (P,)
+        loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_targets, reduction="sum")
+        return {
+            "loss_atss_cls": loss_cls / normalizer,
+            "loss_atss_box": self.giou_loss_weight * loss_box,
+            "loss_atss_ctr": loss_ctr / normalizer,
+        }
+
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        pred_logits, pred_deltas, pred_ctr = self._transpose_dense_predictions(
+            predictions, self.kd_head_output_dims
+        )
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for i, image_size in enumerate(images.image_sizes):
+            scores = [
+                torch.sqrt(x[i].sigmoid() * y[i].sigmoid()) for x, y in zip(pred_logits, pred_ctr)
+            ]
+            deltas = [x[i] for x in pred_deltas]
+            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
+        return results
+
+    def inference_single_image(
+        self, anchors: List[Boxes], scores: List[Tensor], deltas: List[Tensor], image_size
+    ) -> Instances:
+        """Threshold, top-k per level, decode, class-wise NMS, keep the best detections."""
+        pred = self._decode_multi_level_predictions(
+            anchors, scores, deltas, self.test_score_thresh, self.test_topk_candidates, image_size
+        )
+        keep = batched_nms(
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
+        return pred[keep[: self.max_detections_per_image]]
