@@ -75,8 +75,18 @@ def load_teacher_weights(teacher: nn.Module, path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.KD.TEACHER.WEIGHTS: no such file: {path}")
     checkpointer = DetectionCheckpointer(teacher)
-    checkpoint = checkpointer._load_file(path)
-    incompatible = checkpointer._load_model(checkpoint)
+    # Go through the public load() (recent Detectron2 refuses _load_file outside it) and keep
+    # what _load_model reports, which load() would only log.
+    reports = []
+    load_model = checkpointer._load_model
+
+    def load_and_report(checkpoint):
+        reports.append(load_model(checkpoint))
+        return reports[-1]
+
+    checkpointer._load_model = load_and_report
+    checkpointer.load(path, checkpointables=[])
+    incompatible = reports[-1]
     problems = []
     if incompatible.missing_keys:
         problems.append(f"missing keys {sorted(incompatible.missing_keys)}")
