@@ -50,16 +50,22 @@ class Trainer(DefaultTrainer):
         return hooks
 
 
-def setup(args):
+def load_cfg(config_file: str, opts=(), eval_only: bool = False):
+    """The (unfrozen) config of ``config_file`` + ``opts``, on the CPU where no GPU is present."""
     cfg = get_d2kd_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("d2kd").warning("No GPU found: MODEL.DEVICE falls back to cpu")
         cfg.MODEL.DEVICE = "cpu"
-    if args.eval_only:
+    if eval_only:
         # Only the student runs at test time: the teacher's weights are not needed.
         cfg.MODEL.KD.TEACHER.LOAD_WEIGHTS = False
+    return cfg
+
+
+def setup(args):
+    cfg = load_cfg(args.config_file, args.opts, args.eval_only)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -2,8 +2,9 @@
 A deterministic synthetic detection dataset of simple shapes, written in COCO format.
 
 Each image (``image_size`` px square) has a noisy, smoothly shaded background and 1-7 filled
-shapes of 4 classes, from small (~8 px) to large (~70 px), some overlapping. The same seed
-gives the same files: every image is drawn from its own generator seeded by (seed, split, index).
+shapes of 4 classes, from small (~8 px) to large (~110 px, some above COCO's 96 x 96 "large"),
+some overlapping but none mostly hidden. The same seed gives the same files: every image is drawn
+from its own generator seeded by (seed, split, index).
 
 Layout written under ``root``::
 
@@ -76,31 +77,46 @@ def draw_image(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndarray, L
     img = _background(rng, size)
     objects: List[dict] = []
     for _ in range(int(rng.integers(1, 8))):
-        r = float(np.exp(rng.uniform(np.log(4.0), np.log(35.0))))  # half-size: 4..35 px
+        r = float(np.exp(rng.uniform(np.log(4.0), np.log(56.0))))  # half-size: 4..56 px
         cx, cy = rng.uniform(r, size - r, 2)
         box = [cx - r, cy - r, cx + r, cy + r]
-        if any(_iou(box, o["bbox"]) > 0.4 for o in objects):
+        if any(_iou(box, o["bbox"]) > 0.4 or _hides(box, o["bbox"]) for o in objects):
             continue  # some overlap, but no object hidden behind another
         cls = int(rng.integers(0, len(SHAPE_CLASSES)))
-        color = tuple(int(v) for v in rng.integers(0, 256, 3))
         mask = np.zeros((size, size), np.uint8)
         _draw_shape(mask, cls, cx, cy, r, 255)
         ys, xs = np.nonzero(mask > 127)
         if len(xs) == 0:
             continue
-        _draw_shape(img, cls, cx, cy, r, color)
+        _draw_shape(img, cls, cx, cy, r, _contrasting_color(rng, img[ys, xs]))
         tight = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-        objects = [o for o in objects if _visible(o, tight)]
         objects.append({"category_id": cls, "bbox": tight})
     return img, objects
 
 
-def _visible(obj: dict, new_box) -> bool:
-    """An earlier object stays annotated unless the new one covers most of it."""
-    b = obj["bbox"]
-    ix = max(0.0, min(b[2], new_box[2]) - max(b[0], new_box[0]))
-    iy = max(0.0, min(b[3], new_box[3]) - max(b[1], new_box[1]))
-    return ix * iy < 0.5 * (b[2] - b[0]) * (b[3] - b[1])
+def _contrasting_color(rng: np.random.Generator, under: np.ndarray, min_dist: float = 80.0):
+    """
+    A random colour at least ``min_dist`` (Euclidean, 0-255 BGR) from the mean of ``under``
+    ((P, 3), the pixels the shape will cover), so that no object is invisible; the farthest of
+    16 draws if none is that far.
+    """
+    mean = under.reshape(-1, 3).mean(axis=0)
+    candidates = rng.integers(0, 256, (16, 3))
+    dist = np.linalg.norm(candidates - mean, axis=1)
+    far = np.nonzero(dist >= min_dist)[0]
+    pick = far[0] if len(far) else int(dist.argmax())
+    return tuple(int(v) for v in candidates[pick])
+
+
+def _hides(new_box, old_box) -> bool:
+    """Whether ``new_box`` covers half or more of ``old_box``.
+
+    Such a new object is not drawn: dropping the old object's annotation instead (as an earlier
+    version did) left its uncovered parts visible but unlabelled.
+    """
+    ix = max(0.0, min(old_box[2], new_box[2]) - max(old_box[0], new_box[0]))
+    iy = max(0.0, min(old_box[3], new_box[3]) - max(old_box[1], new_box[1]))
+    return ix * iy >= 0.5 * (old_box[2] - old_box[0]) * (old_box[3] - old_box[1])
 
 
 def generate_split(

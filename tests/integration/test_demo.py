@@ -1,0 +1,80 @@
+"""tools/demo.py shortened to a few iterations per stage: every stage runs and the table is written."""
+
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+
+pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
+
+from tests.integration.common import REPO  # noqa: E402
+
+# Every stage with an R18 backbone and 2 images per batch, to keep the test short.
+SMALL = [
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+]
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "tools", "demo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _argv(tmp_path):
+    return [
+        "--output", str(tmp_path / "out"),
+        "--data-root", str(tmp_path / "data"),
+        "--train-images", "4", "--val-images", "2",
+        "--teacher-iters", "2", "--student-iters", "2",
+        "--device", "cpu",
+        "--opts", *SMALL,
+    ]  # fmt: skip
+
+
+def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatch, capsys):
+    demo = _demo()
+    rows = demo.main(_argv(tmp_path))
+    out = tmp_path / "out"
+    models = ["teacher", "student", "distilled", "gain (distilled-student)"]
+    assert [r["model"] for r in rows] == models
+    with open(out / "results.json") as f:
+        saved = json.load(f)
+    assert [r["model"] for r in saved["rows"]] == models
+    assert saved["rows"][2]["iters"] == saved["rows"][1]["iters"] == 2
+    assert set(demo.METRICS) <= set(saved["rows"][0])
+    with open(out / "results.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == models
+    with open(out / "results.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "distilled" in printed and "APl" in printed
+    for stage in ("student", "distilled"):
+        assert (out / stage / "model_final.pth").is_file()
+
+    # The teacher is now cached: the same config and data must not train it again.
+    args = demo.parse_args(_argv(tmp_path))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images)
+    tcfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda cfg: pytest.fail("teacher retrained"))
+    metrics, _, weights = demo.run_teacher_stage(tcfg, retrain=False)
+    assert weights == saved["rows"][0]["weights"] and set(demo.METRICS) <= set(metrics)
+
+
+def test_schedule_is_scaled_and_valid_for_detectron2():
+    demo = _demo()
+    cfg = demo.train_net.load_cfg(os.path.join(REPO, "configs/shapes/retinanet_R50.yaml"))
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS, cfg.SOLVER.WARMUP_ITERS = 900, (700, 850), 100
+    assert demo.schedule_opts(cfg, 600) == [
+        "SOLVER.MAX_ITER", 600, "SOLVER.STEPS", (467, 567), "SOLVER.WARMUP_ITERS", 67
+    ]  # fmt: skip
+    # Steps at or past the end are dropped (Detectron2 rejects them); warm-up stays >= 1.
+    assert demo.schedule_opts(cfg, 2)[3:] == [(), "SOLVER.WARMUP_ITERS", 1]

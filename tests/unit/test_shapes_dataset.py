@@ -1,0 +1,128 @@
+"""The synthetic shapes generator: deterministic, valid COCO, importable without Detectron2."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from d2kd.data.shapes import SHAPE_CLASSES, ensure_shapes_dataset, generate_split
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _iou(a, b):
+    """a, b: COCO [x, y, w, h]."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    import cv2
+
+    a = generate_split(str(tmp_path / "a"), "train", 6, seed=3)
+    b = generate_split(str(tmp_path / "b"), "train", 6, seed=3)
+    c = generate_split(str(tmp_path / "c"), "train", 6, seed=4)
+    assert _load(a)["annotations"] == _load(b)["annotations"]
+    assert _load(a)["annotations"] != _load(c)["annotations"]
+    for name in ("000000.png", "000005.png"):
+        ia = cv2.imread(str(tmp_path / "a" / "train" / name))
+        ib = cv2.imread(str(tmp_path / "b" / "train" / name))
+        assert ia.shape == (128, 128, 3) and np.array_equal(ia, ib)
+
+
+def test_splits_differ_and_each_image_has_its_own_generator(tmp_path):
+    train = _load(generate_split(str(tmp_path), "train", 4, seed=0))
+    val = _load(generate_split(str(tmp_path), "val", 4, seed=0))
+    assert train["annotations"] != val["annotations"]
+    # Image i depends only on (seed, split, i): a longer split starts with the same images.
+    longer = _load(generate_split(str(tmp_path / "long"), "train", 6, seed=0))
+    first4 = [a for a in longer["annotations"] if a["image_id"] <= 4]
+    assert [a["bbox"] for a in first4] == [a["bbox"] for a in train["annotations"]]
+
+
+def test_loads_with_pycocotools_and_annotations_are_sane(tmp_path):
+    coco_api = pytest.importorskip("pycocotools.coco", reason="pycocotools is not installed")
+    n = 24
+    coco = coco_api.COCO(generate_split(str(tmp_path), "val", n, seed=0))
+    assert sorted(coco.getImgIds()) == list(range(1, n + 1))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == SHAPE_CLASSES
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) > 2 * n  # several objects per image on average
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128 and w > 0 and h > 0
+        assert a["area"] == pytest.approx(w * h) and a["iscrowd"] == 0
+    assert {a["category_id"] for a in anns} == {1, 2, 3, 4}
+    sides = [max(a["bbox"][2:]) for a in anns]
+    assert min(sides) < 16 and max(sides) > 48  # small to large objects
+    overlaps = [
+        _iou(p["bbox"], q["bbox"])
+        for i in coco.getImgIds()
+        for j, p in enumerate(coco.loadAnns(coco.getAnnIds(imgIds=i)))
+        for q in coco.loadAnns(coco.getAnnIds(imgIds=i))[j + 1 :]
+    ]
+    assert any(v > 0 for v in overlaps)  # some objects overlap
+
+
+def test_boxes_are_tight_around_the_drawn_shape(monkeypatch):
+    # On a black background, an image holding one object: its box must enclose exactly the
+    # pixels that were painted (within 1 px: anti-aliased edges are painted faintly).
+    import d2kd.data.shapes as shapes
+
+    monkeypatch.setattr(
+        shapes, "_background", lambda rng, size: np.zeros((size, size, 3), np.uint8)
+    )
+    checked = 0
+    for i in range(40):
+        img, objects = shapes.draw_image(np.random.default_rng([0, 0, i]), 128)
+        if len(objects) != 1:
+            continue
+        ys, xs = np.nonzero(img.max(axis=2) > 0)
+        painted = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert np.allclose(objects[0]["bbox"], painted, atol=1.0), (i, objects[0], painted)
+        checked += 1
+    assert checked >= 3
+
+
+def test_ensure_does_not_rewrite_an_existing_split(tmp_path):
+    path = ensure_shapes_dataset(str(tmp_path), "val", 3)
+    mtime = os.path.getmtime(path)
+    assert ensure_shapes_dataset(str(tmp_path), "val", 3) == path
+    assert os.path.getmtime(path) == mtime and len(_load(path)["images"]) == 3
+
+
+def test_prepare_shapes_cli_writes_both_splits(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "prepare_shapes", os.path.join(REPO, "datasets", "prepare_shapes.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(
+        ["--root", str(tmp_path), "--seed", "1", "--train-images", "3", "--val-images", "2"]
+    )
+    assert {k: len(_load(v)["images"]) for k, v in out.items()} == {"train": 3, "val": 2}
+    assert "train: 3 images" in capsys.readouterr().out
+
+
+def test_generator_imports_without_detectron2():
+    code = (
+        "import sys; sys.modules['detectron2'] = None\n"  # any import of detectron2 now fails
+        "from d2kd.data import generate_split\n"
+        "from d2kd.data.shapes import draw_image\n"
+        "print('ok')"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

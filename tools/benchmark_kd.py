@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""
+Measure what distillation costs on this machine, at the shapes scale.
+
+    python tools/benchmark_kd.py                                  # every configs/shapes/kd/*.yaml
+    python tools/benchmark_kd.py --configs configs/shapes/kd/mse_retinanet_R50_to_R18.yaml \\
+        --reps 10 --warmup 3 --json output/benchmark.json
+
+For each distillation config, on one fixed batch of IMS_PER_BATCH shapes images, the median over
+``--reps`` repetitions (after ``--warmup``) of the seconds per iteration of:
+
+  (a) a training step of the student alone (the config with MODEL.META_ARCHITECTURE := the student's);
+  (b) the teacher's inference alone, run exactly as DistillDetector runs it (no gradients);
+  (c) a training step of the distillation model (teacher + student + distillation losses);
+
+and the peak memory of (a) and (c). ``c / (a + b)`` is the step time of distillation over the time
+of its two unavoidable parts: what exceeds 1 is spent in distillation losses and bookkeeping.
+
+Training steps are Detectron2's ``SimpleTrainer.run_step`` (forward, backward, metrics, optimizer
+with the config's gradient clipping). Each measurement runs in its own fresh process, so that one
+model's allocations do not hide another's. Times are wall-clock (``perf_counter``, after
+``torch.cuda.synchronize`` on GPU) and, on CPU, also process CPU time (all threads), which is far
+less affected by other programs sharing the machine. Peak memory: on GPU
+``torch.cuda.max_memory_allocated`` (reset before the models are built); on CPU the process's peak
+resident set (``VmHWM`` in /proc/self/status, reset through /proc/self/clear_refs before the models
+are built) minus the resident set at that moment. Both include the models' weights and optimizer
+state, the teacher's too for (c).
+
+The teacher is randomly initialised unless its configured weights exist (cost barely depends on
+the weights); the result says which.
+"""
+
+import argparse
+import glob
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import torch  # noqa: F401  (Detectron2's C extension needs torch's libraries loaded first)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+MODES = ("student", "teacher", "kd")
+
+
+# ----------------------------------------------------------------------------- memory
+def _proc_status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_cpu_peak() -> Optional[int]:
+    """Reset the peak resident set to the current one; return the current one in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    rss = _proc_status_kb("VmRSS")
+    return None if rss is None else rss * 1024
+
+
+def _cpu_peak() -> Optional[int]:
+    hwm = _proc_status_kb("VmHWM")
+    return None if hwm is None else hwm * 1024
+
+
+# ----------------------------------------------------------------------------- building
+def kd_cfg(config_file: str, device: str):
+    """The distillation config on ``device``; a random teacher where its weights are absent."""
+    import train_net
+
+    cfg = train_net.load_cfg(config_file, ["MODEL.DEVICE", device])
+    kd = cfg.MODEL.KD.TEACHER
+    kd.OPTS = list(kd.OPTS) + ["MODEL.DEVICE", device]
+    if not (kd.WEIGHTS and os.path.isfile(kd.WEIGHTS)):
+        kd.WEIGHTS = ""
+        kd.ALLOW_RANDOM_INIT = True
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def fixed_batch(cfg, root: str) -> List[dict]:
+    """IMS_PER_BATCH training images of the shapes dataset, mapped once with augmentation."""
+    from detectron2.data import DatasetMapper
+    from detectron2.data.datasets import load_coco_json
+
+    from d2kd.data.shapes import generate_split
+
+    n = cfg.SOLVER.IMS_PER_BATCH
+    json_file = generate_split(root, "train", n, seed=0, image_size=cfg.INPUT.MAX_SIZE_TRAIN)
+    dicts = load_coco_json(json_file, os.path.join(root, "train"), "benchmark_shapes")
+    mapper = DatasetMapper(cfg, is_train=True)
+    return [mapper(dict(d)) for d in dicts[:n]]
+
+
+def build_step(cfg, mode: str, batch: List[dict]):
+    """A no-argument callable running one step of ``mode`` on ``batch``."""
+    from detectron2.engine import SimpleTrainer
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    from d2kd.modeling.distill_detector import build_student
+    from d2kd.modeling.teacher import build_teacher, run_teacher, teacher_run_mode
+
+    if mode == "teacher":
+        teacher, _ = build_teacher(cfg)
+        run_mode = teacher_run_mode(teacher, cfg.MODEL.KD.TEACHER.RUN)
+        return lambda: run_teacher(teacher, run_mode, batch)
+    model = build_student(cfg) if mode == "student" else build_model(cfg)
+    model.train()
+    # The same batch every step: data loading is not part of what is measured.
+    trainer = SimpleTrainer(model, itertools.repeat(batch), build_optimizer(cfg, model))
+    storage = EventStorage(0)
+    trainer.storage = storage
+
+    def step():
+        with storage:
+            trainer.run_step()
+            storage.step()
+            trainer.iter += 1
+
+    trainer.iter = 0
+    return step
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure(config_file: str, mode: str, device: str, reps: int, warmup: int) -> Dict:
+    """Run ``mode`` of ``config_file`` ``warmup + reps`` times; times and peak memory."""
+    from detectron2.utils.env import seed_all_rng
+
+    import d2kd  # noqa: F401  (registers d2kd's models)
+
+    torch.backends.cudnn.benchmark = False
+    cfg = kd_cfg(config_file, device)
+    seed_all_rng(cfg.SEED)
+    cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    with tempfile.TemporaryDirectory() as root:
+        batch = fixed_batch(cfg, root)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _reset_cpu_peak()
+    step = build_step(cfg, mode, batch)
+    wall, cpu = [], []
+    for i in range(warmup + reps):
+        if cuda:
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    if cuda:
+        peak, mem_kind = torch.cuda.max_memory_allocated() - base, "cuda_max_memory_allocated"
+    else:
+        hwm = _cpu_peak()
+        peak = None if (hwm is None or base is None) else hwm - base
+        mem_kind = "rss_peak_over_baseline"
+    kd = cfg.MODEL.KD.TEACHER
+    return {
+        "wall_s": statistics.median(wall),
+        "cpu_s": statistics.median(cpu),
+        "wall_all": wall,
+        "peak_mem_bytes": peak,
+        "mem_kind": mem_kind,
+        "device": cfg.MODEL.DEVICE,
+        "teacher_weights": kd.WEIGHTS or "random init",
+    }
+
+
+def _worker(queue, *args):
+    try:
+        queue.put(("ok", measure(*args)))
+    except Exception as e:  # reported in the parent, with the config that failed
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def measure_in_subprocess(*args) -> Dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(queue, *args))
+    proc.start()
+    status, value = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(value)
+    return value
+
+
+def _part_keys(config_file: str, device: str) -> Dict[str, str]:
+    """Keys identifying the student and the teacher of a config, to measure each only once."""
+    from d2kd.modeling.teacher import load_teacher_cfg
+
+    cfg = kd_cfg(config_file, device)
+    teacher = load_teacher_cfg(cfg).dump()
+    cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
+    cfg.MODEL.KD.clear()
+    h = lambda s: hashlib.sha1(s.encode()).hexdigest()  # noqa: E731
+    return {"student": h(cfg.dump()), "teacher": h(teacher)}
+
+
+# ----------------------------------------------------------------------------- report
+def _mib(n: Optional[int]) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.0f}"
+
+
+def summarize(name: str, parts: Dict[str, Dict]) -> Dict:
+    a, b, c = (parts[m] for m in MODES)
+    row = {"config": name, "device": c["device"], "teacher_weights": c["teacher_weights"]}
+    for key in ("wall_s", "cpu_s"):
+        row[f"student_{key}"], row[f"teacher_{key}"], row[f"kd_{key}"] = a[key], b[key], c[key]
+        row[f"ratio_{key}"] = c[key] / (a[key] + b[key])
+    row["student_peak_mem_bytes"] = a["peak_mem_bytes"]
+    row["kd_peak_mem_bytes"] = c["peak_mem_bytes"]
+    row["mem_kind"] = c["mem_kind"]
+    ok = a["peak_mem_bytes"] and c["peak_mem_bytes"] is not None
+    row["mem_ratio"] = c["peak_mem_bytes"] / a["peak_mem_bytes"] if ok else None
+    return row
+
+
+def print_table(rows: List[Dict]) -> None:
+    head = (
+        f"{'config':<44} {'(a) s/it':>9} {'(b) s/it':>9} {'(c) s/it':>9} {'c/(a+b)':>8} "
+        f"{'cpu c/(a+b)':>11} {'mem a MiB':>9} {'mem c MiB':>9} {'mem c/a':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        mem_ratio = "n/a" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"
+        print(
+            f"{r['config']:<44} {r['student_wall_s']:>9.3f} {r['teacher_wall_s']:>9.3f} "
+            f"{r['kd_wall_s']:>9.3f} {r['ratio_wall_s']:>8.2f} {r['ratio_cpu_s']:>11.2f} "
+            f"{_mib(r['student_peak_mem_bytes']):>9} {_mib(r['kd_peak_mem_bytes']):>9} {mem_ratio:>7}"
+        )
+
+
+def machine() -> Dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["loadavg_1_5_15"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return info
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument(
+        "--configs", nargs="*", help="distillation configs (default: configs/shapes/kd/*.yaml)"
+    )
+    p.add_argument("--reps", type=int, default=10, help="measured repetitions (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="repetitions run before measuring")
+    p.add_argument("--device", default="cuda", help="cuda (falls back to cpu) or cpu")
+    p.add_argument("--json", help="also write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    configs = args.configs or sorted(glob.glob(os.path.join(REPO, "configs/shapes/kd/*.yaml")))
+    cache: Dict[tuple, Dict] = {}
+    rows, skipped = [], {}
+    for config_file in configs:
+        name = os.path.relpath(config_file, REPO)
+        try:
+            keys = _part_keys(config_file, args.device)
+            parts = {}
+            for mode in MODES:
+                key = (mode, keys.get(mode, config_file))
+                if key not in cache:
+                    print(f"[benchmark] {name}: measuring {mode} ...", flush=True)
+                    cache[key] = measure_in_subprocess(
+                        config_file, mode, args.device, args.reps, args.warmup
+                    )
+                parts[mode] = cache[key]
+        except Exception as e:  # a config that does not build is reported, not fatal
+            skipped[name] = f"{type(e).__name__}: {e}"
+            print(f"[benchmark] skipping {name}: {skipped[name]}", flush=True)
+            continue
+        rows.append(summarize(name, parts))
+    info = machine()
+    print(f"\nmachine: {info}\nmedian of {args.reps} reps after {args.warmup} warm-up\n")
+    print_table(rows)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(
+                {"machine": info, "reps": args.reps, "rows": rows, "skipped": skipped}, f, indent=2
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""
+d2kd end to end, with nothing prepared: one command, CPU or GPU.
+
+    python tools/demo.py                       # full demo (about 15 min on a 2-core CPU, see README)
+    python tools/demo.py --method configs/shapes/kd/<other>.yaml
+    python tools/demo.py --teacher-iters 3 --student-iters 3 --train-images 16 --val-images 8 \\
+        --output /tmp/demo                     # a smoke run of every stage
+
+Stages:
+  1. generate the synthetic shapes dataset if it is absent;
+  2. train the teacher named by the method config (``MODEL.KD.TEACHER.CONFIG_FILE``), unless a
+     checkpoint trained from the same resolved config and data is cached under
+     ``<output>/teachers/<hash>/``;
+  3. train the student of the method config twice, with the same seed and schedule: plain
+     (``MODEL.META_ARCHITECTURE`` := the student's) and distilled (``DistillDetector``);
+  4. evaluate all three with COCOEvaluator on the val split, print one table and write
+     ``results.json``, ``results.csv`` and ``results.png`` under ``--output``.
+
+Every stage runs through ``train_net.Trainer`` (Detectron2's DefaultTrainer), so progress (iteration,
+ETA, losses) is printed every 20 iterations as in any Detectron2 training.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch  # noqa: F401  (Detectron2's C extension needs torch's libraries loaded first)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.engine.hooks import CallbackHook  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import d2kd  # noqa: E402, F401  (registers d2kd's models and datasets)
+from d2kd.data import register_shapes, shapes_root  # noqa: E402
+from d2kd.data.shapes import SPLITS, ensure_shapes_dataset  # noqa: E402
+from d2kd.engine import write_run_info  # noqa: E402
+from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
+
+import train_net  # noqa: E402
+
+DEFAULT_METHOD = "configs/shapes/kd/mse_retinanet_R50_to_R18.yaml"
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+ROWS = ("teacher", "student", "distilled")
+
+logger = logging.getLogger("d2kd.demo")
+
+
+class DemoTrainer(train_net.Trainer):
+    """train_net's Trainer, re-seeded just before the first step so that the plain and the
+    distilled student see the same batches and augmentations (building the teacher draws random
+    numbers, which would otherwise shift the data loader workers' seeds)."""
+
+    def build_hooks(self):
+        seed = self.cfg.SEED
+        return [CallbackHook(before_train=lambda _: seed_all_rng(seed))] + super().build_hooks()
+
+
+# ----------------------------------------------------------------------------- data
+def _check_count(json_file: str, n: int) -> None:
+    with open(json_file) as f:
+        found = len(json.load(f)["images"])
+    if found != n:
+        raise ValueError(
+            f"{json_file} holds {found} images but {n} were asked for: delete its folder or use "
+            "another --data-root"
+        )
+
+
+def prepare_data(root: str, train_images: Optional[int], val_images: Optional[int]) -> Dict:
+    """Stage 1: generate what is missing and return the dataset names and the train json."""
+    default = root == shapes_root() and train_images is None and val_images is None
+    names, counts = {}, {"train": train_images, "val": val_images}
+    for split in ("train", "val"):
+        n = counts[split] if counts[split] is not None else SPLITS[split][0]
+        json_file = ensure_shapes_dataset(root, split, n)
+        _check_count(json_file, n)
+        key = hashlib.sha1(f"{os.path.abspath(root)}:{n}".encode()).hexdigest()[:8]
+        names[split] = f"shapes_{split}" if default else f"demo_shapes_{split}_{key}"
+        if names[split] not in DatasetCatalog.list():
+            register_shapes(names[split], root, split, n)
+        logger.info(f"Dataset {names[split]}: {json_file}")
+    names["train_json"] = os.path.join(root, "annotations", "instances_train.json")
+    return names
+
+
+# ----------------------------------------------------------------------------- configs
+def schedule_opts(cfg, iters: int) -> List:
+    """Solver keys for ``iters`` iterations: LR steps and warm-up scaled from the config's."""
+    scale = iters / cfg.SOLVER.MAX_ITER
+    # Strictly increasing and below MAX_ITER, as Detectron2's scheduler requires (short runs
+    # may lose some steps).
+    steps = tuple(sorted({round(s * scale) for s in cfg.SOLVER.STEPS} & set(range(1, iters))))
+    warmup = max(1, round(cfg.SOLVER.WARMUP_ITERS * scale))
+    return ["SOLVER.MAX_ITER", iters, "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", warmup]
+
+
+def stage_cfg(config_file: str, iters: int, data: Dict, args, out_dir: str, opts: List):
+    """``config_file`` + ``opts`` + the demo's data, schedule and device, writing to ``out_dir``."""
+    common = [
+        "MODEL.DEVICE", args.device,
+        "DATASETS.TRAIN", (data["train"],),
+        "DATASETS.TEST", (data["val"],),
+        "DATALOADER.NUM_WORKERS", args.num_workers,
+        "TEST.EVAL_PERIOD", 0,
+        "SOLVER.CHECKPOINT_PERIOD", 10**9,
+    ]  # fmt: skip
+    cfg = train_net.load_cfg(config_file, list(opts) + common)
+    cfg.merge_from_list(schedule_opts(cfg, iters))
+    cfg.OUTPUT_DIR = out_dir
+    return cfg
+
+
+def teacher_cfg(method_cfg, data: Dict, args):
+    """The teacher's training config, cached under a hash of the resolved config and the data."""
+    kd = method_cfg.MODEL.KD.TEACHER
+    path = resolve_config_path(kd.CONFIG_FILE)
+    # The same overrides, in the same order, as DistillDetector will apply (see student_cfgs).
+    opts = list(kd.OPTS) + list(args.opts)
+    cfg = stage_cfg(path, args.teacher_iters, data, args, "", opts)
+    with open(data["train_json"], "rb") as f:
+        digest = hashlib.sha256(cfg.dump().encode() + f.read()).hexdigest()[:12]
+    cfg.OUTPUT_DIR = os.path.join(args.output, "teachers", digest)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- stages
+def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
+    """Train with DemoTrainer, then return its final COCO bbox metrics and the seconds it took."""
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    write_run_info(cfg, os.path.join(cfg.OUTPUT_DIR, "run_info.json"))
+    seed_all_rng(cfg.SEED)
+    start = time.perf_counter()
+    trainer = DemoTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results here
+    # (DefaultTrainer.train returns them only when TEST.EXPECTED_RESULTS is set).
+    results = trainer._last_eval_results
+    return dict(results["bbox"]), time.perf_counter() - start
+
+
+def run_teacher_stage(cfg, retrain: bool) -> Tuple[Dict[str, float], float, str]:
+    """Stage 2: train the teacher, or reuse the cached one. Returns (metrics, seconds, weights)."""
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    metrics_file = os.path.join(cfg.OUTPUT_DIR, "teacher_metrics.json")
+    if not retrain and os.path.isfile(weights) and os.path.isfile(metrics_file):
+        logger.info(f"Stage 2/4: reusing the cached teacher {weights} (--retrain to train again)")
+        with open(metrics_file) as f:
+            cached = json.load(f)
+        return cached["metrics"], cached["train_seconds"], weights
+    logger.info(f"Stage 2/4: training the teacher ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}")
+    metrics, seconds = train_and_evaluate(cfg)
+    with open(metrics_file, "w") as f:
+        json.dump({"metrics": metrics, "train_seconds": seconds}, f, indent=2)
+    return metrics, seconds, weights
+
+
+def student_cfgs(args, data: Dict, teacher_weights: str):
+    """Stage 3's two configs: the same student and schedule, without and with distillation."""
+    out = os.path.join(args.output, "distilled")
+    kd = stage_cfg(args.method, args.student_iters, data, args, out, args.opts)
+    kd.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
+    kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + list(args.opts)
+    plain = kd.clone()
+    plain.MODEL.META_ARCHITECTURE = kd.MODEL.KD.STUDENT_META_ARCHITECTURE
+    plain.OUTPUT_DIR = os.path.join(args.output, "student")
+    return plain, kd
+
+
+# ----------------------------------------------------------------------------- report
+def _rel(path: str) -> str:
+    """``path`` relative to the repository when inside it."""
+    rel = os.path.relpath(os.path.abspath(path), REPO)
+    return path if rel.startswith("..") else rel
+
+
+def _fmt(v) -> str:
+    return "nan" if v is None or v != v else f"{v:.1f}"
+
+
+def format_table(rows: List[Dict]) -> str:
+    head = f"{'model':<26}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'train s':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        vals = "".join(f"{_fmt(r[m]):>7}" for m in METRICS)
+        iters = "" if r.get("iters") is None else str(r["iters"])
+        secs = "" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"{r['model']:<26}{vals}{iters:>7}{secs:>9}")
+    return "\n".join(lines)
+
+
+def write_results(rows: List[Dict], out_dir: str, meta: Dict) -> None:
+    """results.json (rows + run description), results.csv (one line per model), results.png."""
+    import csv
+
+    def clean(v):
+        if isinstance(v, float):
+            return None if v != v else round(v, 3)  # NaN (no detection, no object) -> null
+        return v
+
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(
+            {**meta, "rows": [{k: clean(v) for k, v in r.items()} for r in rows]}, f, indent=2
+        )
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        fields = ["model", "config", *METRICS, "iters", "train_seconds"]
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{k: clean(v) for k, v in r.items()} for r in rows])
+    plot_results(rows, os.path.join(out_dir, "results.png"), meta["method"])
+
+
+def plot_results(rows: List[Dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [r for r in rows if r["model"] in ROWS]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(bars)
+    for i, r in enumerate(bars):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(METRICS))]
+        ys = [0.0 if r[m] is None or r[m] != r[m] else r[m] for m in METRICS]
+        ax.bar(xs, ys, width, label=r["model"])
+        for x, y in zip(xs, ys):
+            ax.text(x, y + 0.5, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(METRICS)), METRICS)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("COCO bbox metric (val)")
+    ax.set_title(os.path.basename(title), fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--method", default=DEFAULT_METHOD, help="distillation config (DistillDetector)")
+    p.add_argument("--output", default="output/demo", help="where stages, cache and results go")
+    p.add_argument("--teacher-iters", type=int, default=600, help="teacher training iterations")
+    p.add_argument("--student-iters", type=int, default=600, help="iterations of each student")
+    p.add_argument(
+        "--data-root", default=None, help="shapes dataset root (default: the registered one)"
+    )
+    p.add_argument("--train-images", type=int, default=None, help="train images (default: 2000)")
+    p.add_argument("--val-images", type=int, default=None, help="val images (default: 200)")
+    p.add_argument("--device", default="cuda", help="cuda (falls back to cpu when absent) or cpu")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader workers per stage")
+    p.add_argument("--retrain", action="store_true", help="ignore a cached teacher")
+    p.add_argument(
+        "--opts", nargs="*", default=[], help="KEY VALUE config overrides for every stage"
+    )
+    args = p.parse_args(argv)
+    args.method = resolve_config_path(args.method)
+    if args.data_root is None:
+        custom = args.train_images is not None or args.val_images is not None
+        suffix = f"_{args.train_images or 'all'}_{args.val_images or 'all'}" if custom else ""
+        args.data_root = shapes_root() + suffix
+    return args
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    for name in ("detectron2", "d2kd"):
+        setup_logger(args.output, name=name)
+    start = time.perf_counter()
+    logger.info("Stage 1/4: the synthetic shapes dataset")
+    data = prepare_data(args.data_root, args.train_images, args.val_images)
+    method = train_net.load_cfg(args.method)
+    tcfg = teacher_cfg(method, data, args)
+    t_metrics, t_secs, t_weights = run_teacher_stage(tcfg, args.retrain)
+    plain, kd = student_cfgs(args, data, t_weights)
+    logger.info(f"Stage 3/4: the plain student ({plain.SOLVER.MAX_ITER} iterations)")
+    s_metrics, s_secs = train_and_evaluate(plain)
+    logger.info(f"Stage 3/4: the distilled student ({kd.SOLVER.MAX_ITER} iterations)")
+    d_metrics, d_secs = train_and_evaluate(kd)
+    logger.info("Stage 4/4: results")
+    rows = [
+        {"model": "teacher", "config": _rel(resolve_config_path(method.MODEL.KD.TEACHER.CONFIG_FILE)),
+         "weights": t_weights, "iters": tcfg.SOLVER.MAX_ITER, "train_seconds": t_secs, **t_metrics},
+        {"model": "student", "config": _rel(args.method),
+         "iters": plain.SOLVER.MAX_ITER, "train_seconds": s_secs, **s_metrics},
+        {"model": "distilled", "config": _rel(args.method),
+         "iters": kd.SOLVER.MAX_ITER, "train_seconds": d_secs, **d_metrics},
+        {"model": "gain (distilled-student)", **{m: d_metrics[m] - s_metrics[m] for m in METRICS}},
+    ]  # fmt: skip
+    meta = {
+        "method": _rel(args.method),
+        "device": kd.MODEL.DEVICE,
+        "total_seconds": time.perf_counter() - start,
+        "datasets": {"train": data["train"], "val": data["val"], "root": args.data_root},
+    }
+    write_results(rows, args.output, meta)
+    table = format_table(rows)
+    print(f"\n{table}\n\nTotal {meta['total_seconds']:.0f} s on {meta['device']}; "
+          f"written: {os.path.join(args.output, 'results.{json,csv,png}')}", flush=True)  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    main()
