@@ -48,6 +48,16 @@ class DenseOutputs:
         sizes = torch.as_tensor(self.level_sizes, device=self.anchors.device)
         return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
 
+    def prior_centres(self) -> Tensor:
+        """
+        (R, 2) centre (x, y) of every prior. The A anchors of a location share one centre, but
+        ``(x1 + x2) / 2`` can round differently for anchors of different sizes, which flips strict
+        inside-box tests on box edges for some anchors only; all A get the first anchor's centre.
+        """
+        centres = (self.anchors[:, :2] + self.anchors[:, 2:]) / 2
+        a = self.num_anchors
+        return centres.view(-1, a, 2)[:, :1].expand(-1, a, 2).reshape(-1, 2)
+
     def prior_strides(self) -> Tensor:
         """(R,) stride of the level of every prior."""
         strides = torch.as_tensor(self.strides, dtype=torch.float32, device=self.anchors.device)

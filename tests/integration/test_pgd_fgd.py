@@ -165,7 +165,7 @@ def test_pgw_generator_matches_a_dense_computation(data):
     assert out.num_anchors == 9
     gt_list = [x["instances"] for x in batch]
     maps = gen.flat_maps(out, gt_list, images.image_sizes)
-    centres = (out.anchors[:, :2] + out.anchors[:, 2:]) / 2
+    centres = out.prior_centres()
     gt, classes, valid = pad_gt_instances(gt_list, centres.device)
     n, r, g = len(batch), len(centres), gt.shape[1]
     prob = out.logits.sigmoid().gather(2, classes[:, None].expand(n, r, g))

@@ -146,7 +146,7 @@ class PGWMaskGenerator(nn.Module):
     def flat_maps(self, out, gt_instances, image_sizes) -> Dict[str, Tensor]:
         """The three maps over all priors, (N, R) each."""
         anchors = out.anchors.float()
-        centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (R, 2)
+        centres = out.prior_centres().float()  # (R, 2)
         boxes = decode_boxes(self.teacher, out.box_reg.float(), anchors)  # (N, R, 4)
         gt, classes, gt_valid = pad_gt_instances(gt_instances, anchors.device)
         inside = points_inside_boxes(centres[None, :, None], gt[:, None], self.axis_swap)
