@@ -22,7 +22,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from .box_iou import box_centers, pairwise_iou
+from .box_ops import box_centers, pairwise_iou
 
 __all__ = ["ATSSAssignment", "atss_assign"]
 

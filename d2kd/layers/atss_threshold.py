@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .box_overlaps import pairwise_box_iou
+from .box_ops import pairwise_iou
 
 __all__ = ["atss_iou_thresholds"]
 
@@ -49,7 +49,7 @@ def atss_iou_thresholds(
         candidate; the std of a single candidate, undefined, counts as 0).
     """
     if ious is None:
-        ious = pairwise_box_iou(anchors, gt_boxes)
+        ious = pairwise_iou(anchors, gt_boxes)
     dist = torch.cdist(_centres(anchors), _centres(gt_boxes))  # (R, G)
     candidate_ious = []
     start = 0

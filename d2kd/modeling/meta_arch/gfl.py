@@ -33,7 +33,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
-from d2kd.layers.box_iou import aligned_iou
+from d2kd.layers.box_ops import aligned_iou, box_centers
 from d2kd.layers.distribution_boxes import (
     DistributionBoxCoder,
     boxes_to_distances,
@@ -238,7 +238,7 @@ class GFL(DenseDetector):
         pos_anchors = Boxes.cat(anchors).tensor[None].expand_as(gt_boxes)[pos_mask]  # (P, 4)
         strides = self.box2box_transform.strides(pos_anchors)[:, None]  # (P, 1)
         # Everything below is in stride units, as mmdet (GIoU and IoU are scale-invariant).
-        centers = (pos_anchors[:, :2] + pos_anchors[:, 2:]) / 2 / strides  # (P, 2)
+        centers = box_centers(pos_anchors) / strides  # (P, 2)
         target_boxes = gt_boxes[pos_mask] / strides  # (P, 4)
         pos_dists = dists[pos_mask]  # (P, D)
         pred_boxes = distances_to_boxes(centers, distribution_integral(pos_dists, self.reg_max))
