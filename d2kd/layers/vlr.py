@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .atss_threshold import atss_iou_thresholds
+from .atss_assign import atss_iou_thresholds
 from .box_ops import pairwise_iou
 from .diou import pairwise_diou, pairwise_diou_official
 
