@@ -15,16 +15,18 @@ The rules are those of mmdet's ``ATSSAssigner`` (the reference code of BCKD, LD 
    on exact ties).
 
 Everything is batched over GTs; the only Python loop is over the (few) levels.
+:func:`atss_iou_thresholds` gives the thresholds alone (LD's valuable localization region needs
+them), optionally over a subset of valid anchors.
 """
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from .box_iou import box_centers, pairwise_iou
+from .box_ops import box_centers, pairwise_iou
 
-__all__ = ["ATSSAssignment", "atss_assign"]
+__all__ = ["ATSSAssignment", "atss_assign", "atss_iou_thresholds"]
 
 
 class ATSSAssignment(NamedTuple):
@@ -42,25 +44,46 @@ class ATSSAssignment(NamedTuple):
     ious: Tensor
 
 
+def _check_levels(num_anchors: int, num_anchors_per_level: Sequence[int]) -> None:
+    if sum(num_anchors_per_level) != num_anchors:
+        raise ValueError(
+            f"num_anchors_per_level {list(num_anchors_per_level)} sums to "
+            f"{sum(num_anchors_per_level)}, but {num_anchors} anchors were given"
+        )
+
+
 def _candidates(
-    anchor_centers: Tensor, gt_centers: Tensor, num_anchors_per_level: Sequence[int], topk: int
+    anchor_centers: Tensor,
+    gt_centers: Tensor,
+    num_anchors_per_level: Sequence[int],
+    topk: int,
+    valid: Optional[Tensor] = None,
 ) -> Tensor:
-    """(C, G) indices of the ``topk`` closest anchors per level and GT."""
+    """
+    (C, G) indices of the ``topk`` closest anchors per level and GT. With ``valid`` (R,) bool,
+    a level is first reduced to its valid anchors (as mmdet's assigner only sees those), so
+    ``C = sum_l min(topk, valid anchors of level l)``.
+    """
     # Explicit L2 (not torch.cdist, whose matrix-product path can reorder near-ties).
     distances = (
         (anchor_centers[:, None, :] - gt_centers[None, :, :]).pow(2).sum(-1).sqrt()
     )  # (R, G)
     out, start = [], 0
     for n in num_anchors_per_level:
-        k = min(topk, n)
-        idx = distances[start : start + n].topk(k, dim=0, largest=False).indices  # (k, G)
-        out.append(idx + start)
+        level = distances[start : start + n]
+        kept = None if valid is None else valid[start : start + n].nonzero().squeeze(1)
+        if kept is not None:
+            level = level[kept]
+        idx = level.topk(min(topk, level.shape[0]), dim=0, largest=False).indices  # (k, G)
+        out.append((idx if kept is None else kept[idx]) + start)
         start += n
     return torch.cat(out, dim=0)
 
 
 def _iou_thresholds(candidate_ious: Tensor) -> Tensor:
-    """(C, G) -> (G,) ``mean + std`` per GT."""
+    """(C, G) -> (G,) ``mean + std`` per GT (0 where there is no candidate)."""
+    if candidate_ious.shape[0] == 0:
+        return candidate_ious.new_zeros(candidate_ious.shape[1:])
     mean = candidate_ious.mean(dim=0)
     if candidate_ious.shape[0] < 2:
         # The std of one sample is undefined (NaN in the reference, which then selects nothing);
@@ -100,11 +123,7 @@ def atss_assign(
         ValueError: when the level sizes do not add up to R.
     """
     num_anchors = anchors.shape[0]
-    if sum(num_anchors_per_level) != num_anchors:
-        raise ValueError(
-            f"num_anchors_per_level {list(num_anchors_per_level)} sums to "
-            f"{sum(num_anchors_per_level)}, but {num_anchors} anchors were given"
-        )
+    _check_levels(num_anchors, num_anchors_per_level)
     anchors, gt_boxes = anchors.float(), gt_boxes.float()
     ious = pairwise_iou(anchors, gt_boxes)  # (R, G)
     num_gt = gt_boxes.shape[0]
@@ -129,3 +148,34 @@ def atss_assign(
     best_iou, best_gt = pos_ious.max(dim=1)
     matched = torch.where(best_iou > float("-inf"), best_gt, matched)
     return ATSSAssignment(matched, thresholds, candidate_idxs, ious)
+
+
+def atss_iou_thresholds(
+    anchors: Tensor,
+    num_anchors_per_level: Sequence[int],
+    gt_boxes: Tensor,
+    topk: int = 9,
+    valid: Optional[Tensor] = None,
+    ious: Optional[Tensor] = None,
+) -> Tensor:
+    """
+    The per-GT threshold ``mean + std`` of :func:`atss_assign` alone.
+
+    Args:
+        anchors: (R, 4) anchors, level by level; num_anchors_per_level: R_l per level (sum = R).
+        gt_boxes: (G, 4); topk: candidates per level.
+        valid: optional (R,) bool; invalid anchors (e.g. in batch padding) are never candidates
+            and do not count towards a level's size.
+        ious: optional precomputed (R, G) IoU of ``anchors`` and ``gt_boxes``.
+    Returns:
+        (G,) thresholds (0 where a GT has no candidate at all).
+    Raises:
+        ValueError: when the level sizes do not add up to R.
+    """
+    _check_levels(anchors.shape[0], num_anchors_per_level)
+    if ious is None:
+        ious = pairwise_iou(anchors, gt_boxes)
+    candidate_idxs = _candidates(
+        box_centers(anchors), box_centers(gt_boxes), num_anchors_per_level, topk, valid
+    )
+    return _iou_thresholds(ious.gather(0, candidate_idxs))

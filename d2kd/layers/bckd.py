@@ -26,7 +26,7 @@ Normalisation (by the number of positives) and the loss weights are applied by t
 import torch.nn.functional as F
 from torch import Tensor
 
-from .box_overlaps import aligned_box_giou, aligned_box_iou
+from .box_ops import aligned_giou, aligned_iou
 
 __all__ = ["bckd_cls_per_prior", "bckd_loc_weight", "bckd_loc_per_prior", "LOC_MODES"]
 
@@ -68,5 +68,6 @@ def bckd_loc_per_prior(student_boxes: Tensor, teacher_boxes: Tensor, mode: str =
     """
     if mode not in LOC_MODES:
         raise ValueError(f'BCKD localization mode "{mode}" is not one of {LOC_MODES}')
-    overlap = aligned_box_giou if mode == "giou" else aligned_box_iou
-    return 1.0 - overlap(student_boxes, teacher_boxes.detach())
+    overlap = aligned_giou if mode == "giou" else aligned_iou
+    # Areas as mmdet's bbox_overlaps (official code): the raw w * h, also for inverted boxes.
+    return 1.0 - overlap(student_boxes, teacher_boxes.detach(), signed_area=True)

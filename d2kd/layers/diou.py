@@ -15,7 +15,7 @@ Shape shorthand: a (R, 4) anchors, g (G, 4) ground truth, xyxy; results (R, G).
 import torch
 from torch import Tensor
 
-from .box_overlaps import box_area, pairwise_box_iou
+from .box_ops import box_area, enclosing_size, pairwise_iou
 
 __all__ = ["pairwise_diou", "pairwise_diou_official"]
 
@@ -26,16 +26,14 @@ def _centre_penalty(a: Tensor, g: Tensor, eps: float) -> Tensor:
     rho2 = ((g[..., 0] + g[..., 2]) - (a[..., 0] + a[..., 2])) ** 2 / 4 + (
         (g[..., 1] + g[..., 3]) - (a[..., 1] + a[..., 3])
     ) ** 2 / 4
-    enclose_wh = (torch.max(a[..., 2:], g[..., 2:]) - torch.min(a[..., :2], g[..., :2])).clamp(
-        min=0
-    )
+    enclose_wh = enclosing_size(a, g)
     c2 = (enclose_wh[..., 0] ** 2 + enclose_wh[..., 1] ** 2).clamp(min=eps)
     return rho2 / c2
 
 
 def pairwise_diou(a: Tensor, g: Tensor, eps: float = 1e-6) -> Tensor:
     """Textbook DIoU ``IoU - rho^2 / c^2``: (R, 4), (G, 4) -> (R, G)."""
-    return pairwise_box_iou(a, g, eps) - _centre_penalty(a, g, eps)
+    return pairwise_iou(a, g, eps) - _centre_penalty(a, g, eps)
 
 
 def pairwise_diou_official(a: Tensor, g: Tensor, eps: float = 1e-6) -> Tensor:

@@ -10,6 +10,8 @@ units of the prior's stride; boxes are xyxy.
 import torch
 from torch import Tensor
 
+from .box_ops import box_centers
+
 __all__ = [
     "distribution_integral",
     "distances_to_boxes",
@@ -72,6 +74,6 @@ class DistributionBoxCoder:
         Returns:
             (..., 4) boxes in input pixels: centre -/+ integral * stride.
         """
-        centers = (anchors[..., :2] + anchors[..., 2:]) / 2
+        centers = box_centers(anchors)
         distances = distribution_integral(logits.float(), self.reg_max)
         return distances_to_boxes(centers, distances * self.strides(anchors)[..., None])

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "box_iou",
+    "IOU_EPS",
     "points_inside_boxes",
     "quality_score",
     "select_candidates",
@@ -33,23 +33,8 @@ __all__ = [
 INSIDE_EPS = 1e-10
 # Uniform jitter half-width (px) of the reference Gaussian fit, U(-0.05, 0.05).
 REFERENCE_JITTER = 0.05
-
-
-def box_iou(boxes: Tensor, gt: Tensor) -> Tensor:
-    """
-    IoU of box pairs, broadcasting ``boxes`` (..., 4) against ``gt`` (..., 4); 0 for an empty
-    union. All pairs of two sets: ``box_iou(boxes[:, :, None], gt[:, None])`` -> (N, R, G).
-    """
-    wh = (
-        torch.minimum(boxes[..., 2:], gt[..., 2:]) - torch.maximum(boxes[..., :2], gt[..., :2])
-    ).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_b = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(
-        min=0
-    )
-    area_g = (gt[..., 2] - gt[..., 0]).clamp(min=0) * (gt[..., 3] - gt[..., 1]).clamp(min=0)
-    union = area_b + area_g - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+# Union floor of the IoU in the quality score (``box_ops.aligned_iou``; an empty union gives 0).
+IOU_EPS = 1e-12
 
 
 def points_inside_boxes(points: Tensor, boxes: Tensor, swap_xy: bool = False) -> Tensor:

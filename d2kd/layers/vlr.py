@@ -19,8 +19,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .atss_threshold import atss_iou_thresholds
-from .box_overlaps import pairwise_box_iou
+from .atss_assign import atss_iou_thresholds
+from .box_ops import pairwise_iou
 from .diou import pairwise_diou, pairwise_diou_official
 
 __all__ = ["vlr_region", "DIOU_MODES"]
@@ -57,7 +57,7 @@ def vlr_region(
     gt_index = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
     if gt_boxes.shape[0] == 0 or num_anchors == 0:
         return weight, gt_index  # the official code crashes here; an empty region is the answer
-    ious = pairwise_box_iou(anchors, gt_boxes)  # (R, G)
+    ious = pairwise_iou(anchors, gt_boxes)  # (R, G)
     gamma = atss_iou_thresholds(anchors, num_anchors_per_level, gt_boxes, topk, valid, ious)
     diou_fn = pairwise_diou_official if diou_mode == "official" else pairwise_diou
     diou = diou_fn(anchors, gt_boxes)

@@ -17,6 +17,8 @@ from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes
 from torch import Tensor, nn
 
+from d2kd.layers.box_ops import box_centers
+
 __all__ = ["DenseOutputs", "dense_outputs", "decode_boxes", "head_output_dims"]
 
 
@@ -54,7 +56,7 @@ class DenseOutputs:
         ``(x1 + x2) / 2`` can round differently for anchors of different sizes, which flips strict
         inside-box tests on box edges for some anchors only; all A get the first anchor's centre.
         """
-        centres = (self.anchors[:, :2] + self.anchors[:, 2:]) / 2
+        centres = box_centers(self.anchors)
         a = self.num_anchors
         return centres.view(-1, a, 2)[:, :1].expand(-1, a, 2).reshape(-1, 2)
 

@@ -8,8 +8,8 @@ import torch  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from d2kd.layers.box_ops import aligned_iou as box_iou  # noqa: E402
 from d2kd.layers.pgw import (  # noqa: E402
-    box_iou,
     points_inside_boxes,
     prediction_guided_weights,
     quality_score,

@@ -5,7 +5,7 @@ import statistics
 import pytest
 import torch
 
-from d2kd.layers.atss_assign import atss_assign
+from d2kd.layers.atss_assign import atss_assign, atss_iou_thresholds
 
 
 def _t(rows):
@@ -84,6 +84,27 @@ def test_level_sizes_must_add_up():
     anchors, gt_a, _ = _two_gt_scene()
     with pytest.raises(ValueError, match="sums to 3"):
         atss_assign(anchors, [2, 1], gt_a)
+
+
+def test_thresholds_alone_match_the_assignment_and_valid_shrinks_the_levels():
+    anchors, gt_a, gt_b = _two_gt_scene()
+    gts = torch.cat([gt_a, gt_b])
+    out = atss_assign(anchors, [3, 1], gts, topk=2)
+    assert torch.equal(atss_iou_thresholds(anchors, [3, 1], gts, topk=2), out.iou_thresholds)
+    # Only anchors 0 and 3 valid: one candidate per level, IoUs a -> [1, 0], b -> [5/6, 0].
+    valid = torch.tensor([True, False, False, True])
+    thr = atss_iou_thresholds(anchors, [3, 1], gts, topk=2, valid=valid)
+    expected = [statistics.mean(c) + statistics.stdev(c) for c in ([1, 0], [5 / 6, 0])]
+    assert thr.tolist() == pytest.approx(expected, abs=1e-6)
+    # A single candidate is its own threshold; no candidate at all gives 0.
+    only_0 = torch.tensor([True, False, False, False])
+    assert atss_iou_thresholds(anchors, [3, 1], gts, 2, only_0).tolist() == pytest.approx(
+        [1, 5 / 6]
+    )
+    none = torch.zeros(4, dtype=torch.bool)
+    assert atss_iou_thresholds(anchors, [3, 1], gts, 2, none).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="sums to 3"):
+        atss_iou_thresholds(anchors, [2, 1], gts)
 
 
 def _reference_loop(anchors, sizes, gts, topk):

@@ -66,6 +66,16 @@ def test_loc_term_by_hand_and_gradient_into_student_boxes(mode, expected):
     assert b_s.grad.abs().sum() > 0
 
 
+def test_loc_term_of_an_inverted_student_box_uses_mmdet_signed_areas():
+    # Student box inverted along x (area -4 as in mmdet's bbox_overlaps), teacher [0, 0, 2, 2]:
+    # intersection 0, union -4 + 4 = 0 floored at 1e-6, enclosing area 4.
+    b_s = torch.tensor([[2.0, 0, 0, 2]])
+    b_t = torch.tensor([[0.0, 0, 2, 2]])
+    giou = -(4 - 1e-6) / 4
+    assert math.isclose(bckd_loc_per_prior(b_s, b_t, "giou").item(), 1 - giou, rel_tol=1e-6)
+    assert bckd_loc_per_prior(b_s, b_t, "iou").item() == 1.0
+
+
 def test_unknown_loc_mode_raises():
     with pytest.raises(ValueError, match="giou"):
         bckd_loc_per_prior(torch.zeros(1, 4), torch.zeros(1, 4), "diou")

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from d2kd.layers.box_overlaps import aligned_box_giou, aligned_box_iou, pairwise_box_iou
+from d2kd.layers.box_ops import aligned_giou as aligned_box_giou
+from d2kd.layers.box_ops import aligned_iou as aligned_box_iou
+from d2kd.layers.box_ops import pairwise_iou as pairwise_box_iou
 from d2kd.layers.diou import pairwise_diou, pairwise_diou_official
 
 

@@ -5,12 +5,9 @@ import math
 import pytest
 import torch
 
-from d2kd.layers.detr.box_ops import (
-    box_cxcywh_to_xyxy,
-    box_xyxy_to_cxcywh,
-    elementwise_generalized_box_iou,
-    pairwise_generalized_box_iou,
-)
+from d2kd.layers.box_ops import aligned_giou as elementwise_generalized_box_iou
+from d2kd.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from d2kd.layers.box_ops import pairwise_giou as pairwise_generalized_box_iou
 from d2kd.layers.detr.criterion import SetCriterion, sigmoid_focal_loss
 from d2kd.layers.detr.matcher import HungarianMatcher, focal_class_cost, linear_assignment
 

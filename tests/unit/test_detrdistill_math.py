@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from d2kd.layers.detr.box_ops import box_cxcywh_to_xyxy, pairwise_generalized_box_iou
+from d2kd.layers.box_ops import box_cxcywh_to_xyxy
+from d2kd.layers.box_ops import pairwise_giou as pairwise_generalized_box_iou
 from d2kd.layers.detr.feature_distill import (
     masked_feature_mse,
     select_quality_queries,

@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from d2kd.layers.atss_threshold import atss_iou_thresholds
+from d2kd.layers.atss_assign import atss_iou_thresholds
 from d2kd.layers.kd_kl import kl_div_with_temperature
 from d2kd.layers.ld_terms import per_level_mean_kl, weighted_distribution_kl
 from d2kd.layers.prior_mask import valid_prior_mask

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from d2kd.layers.box_ops import aligned_iou as box_iou
 from d2kd.layers.pgw import (
     background_mask,
-    box_iou,
     gaussian_mle_weights,
     points_inside_boxes,
     prediction_guided_weights,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from ..box_ops import DETR_EPS, aligned_giou, box_cxcywh_to_xyxy
 from .matcher import HungarianMatcher
 
 __all__ = ["sigmoid_focal_loss", "average_num_boxes", "SetCriterion"]
@@ -117,7 +117,9 @@ class SetCriterion(nn.Module):
         src = boxes[batch_idx, query_idx]  # (M, 4)
         tgt = torch.cat([t["boxes"][g] for t, (_, g) in zip(targets, indices)]).to(src)
         loss_bbox = F.l1_loss(src, tgt, reduction="sum") / num_boxes
-        giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
+        giou = aligned_giou(
+            box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt), DETR_EPS, floor_areas=False
+        )
         loss_giou = (1 - giou).sum() / num_boxes
         raw = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         return {k: v * self.weights[k] for k, v in raw.items()}

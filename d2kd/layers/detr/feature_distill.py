@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .box_ops import box_cxcywh_to_xyxy, pairwise_box_iou
+from ..box_ops import DETR_EPS, box_cxcywh_to_xyxy, pairwise_iou
 
 __all__ = [
     "select_quality_queries",
@@ -53,7 +53,7 @@ def select_quality_queries(
     if use_iou and gt_boxes is not None and len(gt_boxes) > 0:
         h, w = image_size
         boxes = box_cxcywh_to_xyxy(t_boxes[query]) * t_boxes.new_tensor([w, h, w, h])
-        quality = scores * pairwise_box_iou(boxes, gt_boxes.to(boxes))[0].max(-1)[0]
+        quality = scores * pairwise_iou(boxes, gt_boxes.to(boxes), DETR_EPS).max(-1)[0]
     return hs[query], quality
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .box_ops import inverse_sigmoid
+from ..box_ops import inverse_sigmoid
 
 __all__ = ["MLP", "DetrPredictionHeads"]
 

@@ -15,11 +15,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .box_ops import (
+from ..box_ops import (
+    DETR_EPS,
+    aligned_giou,
     box_cxcywh_to_xyxy,
     box_xyxy_to_cxcywh,
-    elementwise_generalized_box_iou,
-    pairwise_generalized_box_iou,
+    pairwise_giou,
 )
 from .criterion import average_num_boxes
 from .matcher import linear_assignment
@@ -76,8 +77,8 @@ def logits_distill_cost(
     w_cls, w_l1, w_giou = weights
     cls = soft_bce_cost(s_logits, t_probs)
     l1 = torch.cdist(s_boxes, t_boxes, p=1)
-    giou = pairwise_generalized_box_iou(
-        to_pixels(s_boxes, image_size), to_pixels(t_boxes, image_size)
+    giou = pairwise_giou(
+        to_pixels(s_boxes, image_size), to_pixels(t_boxes, image_size), DETR_EPS, floor_areas=False
     )
     return w_cls * cls + w_l1 * l1 - w_giou * giou
 
@@ -148,7 +149,10 @@ def logits_distill_losses(
     src, tgt, scale = torch.cat(s_sel), torch.cat(t_sel).to(s_boxes), torch.cat(scale)
     num = average_num_boxes(len(src), s_logits.device)
     l1 = F.l1_loss(src, tgt, reduction="sum") / num
-    giou = elementwise_generalized_box_iou(
-        box_cxcywh_to_xyxy(src) * scale, box_cxcywh_to_xyxy(tgt) * scale
+    giou = aligned_giou(
+        box_cxcywh_to_xyxy(src) * scale,
+        box_cxcywh_to_xyxy(tgt) * scale,
+        DETR_EPS,
+        floor_areas=False,
     )
     return cls, l1, (1 - giou).sum() / num

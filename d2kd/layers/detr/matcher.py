@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from .box_ops import box_cxcywh_to_xyxy, pairwise_generalized_box_iou
+from ..box_ops import DETR_EPS, box_cxcywh_to_xyxy, pairwise_giou
 
 __all__ = ["linear_assignment", "focal_class_cost", "HungarianMatcher"]
 
@@ -69,8 +69,11 @@ class HungarianMatcher(nn.Module):
         """(N, C) logits, (N, 4) boxes, target {"labels": (G,), "boxes": (G, 4)} -> (N, G)."""
         cls = focal_class_cost(logits.float(), target["labels"], self.focal_alpha, self.focal_gamma)
         l1 = torch.cdist(boxes.float(), target["boxes"].float(), p=1)
-        giou = pairwise_generalized_box_iou(
-            box_cxcywh_to_xyxy(boxes.float()), box_cxcywh_to_xyxy(target["boxes"].float())
+        giou = pairwise_giou(
+            box_cxcywh_to_xyxy(boxes.float()),
+            box_cxcywh_to_xyxy(target["boxes"].float()),
+            DETR_EPS,
+            floor_areas=False,
         )
         return self.cost_bbox * l1 + self.cost_class * cls - self.cost_giou * giou
 

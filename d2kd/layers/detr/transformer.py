@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .box_ops import inverse_sigmoid
+from ..box_ops import inverse_sigmoid
 from .ms_deform_attn import MSDeformAttn
 from .outputs import EncoderState
 

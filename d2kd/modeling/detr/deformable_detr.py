@@ -23,7 +23,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, de
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from d2kd.layers.detr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from d2kd.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from d2kd.layers.detr.criterion import SetCriterion
 from d2kd.layers.detr.heads import DetrPredictionHeads
 from d2kd.layers.detr.matcher import HungarianMatcher

@@ -13,10 +13,11 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
+from d2kd.layers.box_ops import aligned_iou
 from d2kd.layers.pgw import (
+    IOU_EPS,
     REFERENCE_JITTER,
     background_mask,
-    box_iou,
     points_inside_boxes,
     prediction_guided_weights,
     quality_score,
@@ -156,7 +157,7 @@ class PGWMaskGenerator(nn.Module):
             scored = scored & inside  # Eq. 1: only (prior, box) pairs inside the box have quality
         # Quality on the scored pairs only (far fewer than N*R*G by default): (M,) each.
         n_i, r_i, g_i = scored.nonzero(as_tuple=True)
-        iou = box_iou(boxes[n_i, r_i], gt[n_i, g_i])
+        iou = aligned_iou(boxes[n_i, r_i], gt[n_i, g_i], IOU_EPS)
         prob = out.logits[n_i, r_i, classes[n_i, g_i]].float().sigmoid()
         maps = {"bg": background_mask(inside)}
         for name, xi in (("cls", self.xi_cls), ("reg", self.xi_reg)):

@@ -30,10 +30,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from d2kd.layers.atss_assign import atss_assign
+from d2kd.layers.box_ops import box_centers
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
-__all__ = ["ATSS", "ATSSHead", "atss_label_anchors", "head_input_shapes", "num_positives"]
+__all__ = [
+    "ATSS",
+    "ATSSHead",
+    "atss_label_anchors",
+    "head_input_shapes",
+    "num_positives",
+    "square_anchor_generator",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +94,16 @@ def head_input_shapes(backbone: Backbone, in_features: List[str], key: str) -> L
     return [shapes[f] for f in in_features]
 
 
+def square_anchor_generator(strides: List[int], anchor_scale: float) -> DefaultAnchorGenerator:
+    """One square anchor of side ``anchor_scale x stride`` per location, offset 0 (mmdet's ATSS/GFL)."""
+    return DefaultAnchorGenerator(
+        sizes=[[anchor_scale * s] for s in strides],
+        aspect_ratios=[1.0],
+        strides=strides,
+        offset=0.0,
+    )
+
+
 @torch.no_grad()
 def atss_label_anchors(
     anchors: List[Boxes], gt_instances: List[Instances], num_classes: int, topk: int
@@ -135,8 +153,7 @@ def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     (P,)): ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))``. Positive anchors' centres lie
     inside their box, so it is well defined.
     """
-    cx = (anchors[:, 0] + anchors[:, 2]) / 2
-    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    cx, cy = box_centers(anchors).unbind(dim=1)
     lr = torch.stack([cx - gt_boxes[:, 0], gt_boxes[:, 2] - cx], dim=1)
     tb = torch.stack([cy - gt_boxes[:, 1], gt_boxes[:, 3] - cy], dim=1)
     ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (
@@ -195,12 +212,7 @@ class ATSS(DenseDetector):
         shapes = backbone.output_shape()
         strides = [shapes[f].stride for f in self.head_in_features]
         self.anchor_scale = float(anchor_scale)
-        self.anchor_generator = DefaultAnchorGenerator(
-            sizes=[[anchor_scale * s] for s in strides],
-            aspect_ratios=[1.0],
-            strides=strides,
-            offset=0.0,
-        )
+        self.anchor_generator = square_anchor_generator(strides, self.anchor_scale)
         self.box2box_transform = box2box_transform or Box2BoxTransform(
             weights=(10.0, 10.0, 5.0, 5.0)
         )

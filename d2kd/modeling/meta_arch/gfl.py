@@ -25,7 +25,6 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, ImageList, Instances
@@ -33,7 +32,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 from torch import Tensor, nn
 
-from d2kd.layers.box_iou import aligned_iou
+from d2kd.layers.box_ops import aligned_iou, box_centers
 from d2kd.layers.distribution_boxes import (
     DistributionBoxCoder,
     boxes_to_distances,
@@ -44,7 +43,7 @@ from d2kd.layers.gfl_losses import distribution_focal_loss, quality_focal_loss
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
-from .atss import atss_label_anchors, head_input_shapes, num_positives
+from .atss import atss_label_anchors, head_input_shapes, num_positives, square_anchor_generator
 
 __all__ = ["GFL", "GFLHead"]
 
@@ -137,12 +136,7 @@ class GFL(DenseDetector):
         shapes = backbone.output_shape()
         strides = [shapes[f].stride for f in self.head_in_features]
         self.anchor_scale = float(anchor_scale)
-        self.anchor_generator = DefaultAnchorGenerator(
-            sizes=[[anchor_scale * s] for s in strides],
-            aspect_ratios=[1.0],
-            strides=strides,
-            offset=0.0,
-        )
+        self.anchor_generator = square_anchor_generator(strides, self.anchor_scale)
         self.box2box_transform = DistributionBoxCoder(self.reg_max, self.anchor_scale)
         self.topk = topk
         # Loss parameters:
@@ -238,7 +232,7 @@ class GFL(DenseDetector):
         pos_anchors = Boxes.cat(anchors).tensor[None].expand_as(gt_boxes)[pos_mask]  # (P, 4)
         strides = self.box2box_transform.strides(pos_anchors)[:, None]  # (P, 1)
         # Everything below is in stride units, as mmdet (GIoU and IoU are scale-invariant).
-        centers = (pos_anchors[:, :2] + pos_anchors[:, 2:]) / 2 / strides  # (P, 2)
+        centers = box_centers(pos_anchors) / strides  # (P, 2)
         target_boxes = gt_boxes[pos_mask] / strides  # (P, 4)
         pos_dists = dists[pos_mask]  # (P, D)
         pred_boxes = distances_to_boxes(centers, distribution_integral(pos_dists, self.reg_max))
