@@ -141,12 +141,16 @@ def build_step(cfg, mode: str, batch: List[dict]):
 
 
 # ----------------------------------------------------------------------------- measuring
-def measure(config_file: str, mode: str, device: str, reps: int, warmup: int) -> Dict:
+def measure(
+    config_file: str, mode: str, device: str, reps: int, warmup: int, threads: int = 0
+) -> Dict:
     """Run ``mode`` of ``config_file`` ``warmup + reps`` times; times and peak memory."""
     from detectron2.utils.env import seed_all_rng
 
     import d2kd  # noqa: F401  (registers d2kd's models)
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = False
     cfg = kd_cfg(config_file, device)
     seed_all_rng(cfg.SEED)
@@ -185,6 +189,7 @@ def measure(config_file: str, mode: str, device: str, reps: int, warmup: int) ->
         "mem_kind": mem_kind,
         "device": cfg.MODEL.DEVICE,
         "teacher_weights": kd.WEIGHTS or "random init",
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -227,6 +232,7 @@ def _mib(n: Optional[int]) -> str:
 def summarize(name: str, parts: Dict[str, Dict]) -> Dict:
     a, b, c = (parts[m] for m in MODES)
     row = {"config": name, "device": c["device"], "teacher_weights": c["teacher_weights"]}
+    row["threads"] = c["threads"]
     for key in ("wall_s", "cpu_s"):
         row[f"student_{key}"], row[f"teacher_{key}"], row[f"kd_{key}"] = a[key], b[key], c[key]
         row[f"ratio_{key}"] = c[key] / (a[key] + b[key])
@@ -278,6 +284,13 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=10, help="measured repetitions (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="repetitions run before measuring")
     p.add_argument("--device", default="cuda", help="cuda (falls back to cpu) or cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default). On a machine shared with other jobs, 1 "
+        "makes the CPU-time columns reliable (idle threads of a busy machine spin and burn CPU)",
+    )
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
 
@@ -297,7 +310,7 @@ def main(argv=None) -> List[Dict]:
                 if key not in cache:
                     print(f"[benchmark] {name}: measuring {mode} ...", flush=True)
                     cache[key] = measure_in_subprocess(
-                        config_file, mode, args.device, args.reps, args.warmup
+                        config_file, mode, args.device, args.reps, args.warmup, args.threads
                     )
                 parts[mode] = cache[key]
         except Exception as e:  # a config that does not build is reported, not fatal
@@ -306,7 +319,9 @@ def main(argv=None) -> List[Dict]:
             continue
         rows.append(summarize(name, parts))
     info = machine()
-    print(f"\nmachine: {info}\nmedian of {args.reps} reps after {args.warmup} warm-up\n")
+    threads = rows[0]["threads"] if rows else args.threads
+    print(f"\nmachine: {info}")
+    print(f"median of {args.reps} reps after {args.warmup} warm-up, {threads} torch thread(s)\n")
     print_table(rows)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")

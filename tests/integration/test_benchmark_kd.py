@@ -1,0 +1,54 @@
+"""tools/benchmark_kd.py: one short in-process measurement and the ratios it reports."""
+
+import importlib.util
+import os
+
+import pytest
+
+pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
+
+from tests.integration.common import REPO  # noqa: E402
+
+KD_CFG = os.path.join(REPO, "configs/shapes/kd/mse_retinanet_R50_to_R18.yaml")
+
+
+def _bench():
+    path = os.path.join(REPO, "tools", "benchmark_kd.py")
+    spec = importlib.util.spec_from_file_location("benchmark_kd", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _part(wall, cpu, mem):
+    return {"wall_s": wall, "cpu_s": cpu, "peak_mem_bytes": mem, "mem_kind": "x", "device": "cpu",
+            "teacher_weights": "random init", "threads": 1}  # fmt: skip
+
+
+def test_ratios_are_kd_over_student_plus_teacher():
+    bench = _bench()
+    row = bench.summarize(
+        "cfg",
+        {
+            "student": _part(2.0, 4.0, 100),
+            "teacher": _part(1.0, 1.0, 50),
+            "kd": _part(3.3, 5.5, 150),
+        },
+    )
+    assert row["ratio_wall_s"] == pytest.approx(3.3 / 3.0)
+    assert row["ratio_cpu_s"] == pytest.approx(5.5 / 5.0)
+    assert row["mem_ratio"] == pytest.approx(1.5)
+
+
+def test_measure_a_distillation_step_on_cpu():
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # measure() is meant for a fresh process: undo its thread setting
+        result = _bench().measure(KD_CFG, "kd", "cpu", reps=1, warmup=0, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["device"] == "cpu" and result["teacher_weights"] == "random init"
+    assert result["wall_s"] > 0 and result["cpu_s"] > 0 and len(result["wall_all"]) == 1
+    # The models' weights alone take several MiB.
+    assert result["peak_mem_bytes"] is None or result["peak_mem_bytes"] > 4 * 2**20
