@@ -113,11 +113,11 @@ def build_step(cfg, mode: str, batch: List[dict]):
     """A no-argument callable running one step of ``mode`` on ``batch``."""
     from detectron2.engine import SimpleTrainer
     from detectron2.modeling import build_model
-    from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
     from d2kd.modeling.distill_detector import build_student
     from d2kd.modeling.teacher import build_teacher, run_teacher, teacher_run_mode
+    from d2kd.solver import build_optimizer  # the optimizer train_net.py uses (AdamW for DETR)
 
     if mode == "teacher":
         teacher, _ = build_teacher(cfg)
