@@ -136,6 +136,26 @@ def atss_label_anchors(
     return gt_labels, matched_boxes
 
 
+def nms_single_image(
+    model: DenseDetector,
+    anchors: List[Boxes],
+    scores: List[Tensor],
+    box_reg: List[Tensor],
+    image_size,
+) -> Instances:
+    """
+    Inference of one image for ATSS and GFL: Detectron2's threshold + top-k per level + decode
+    (with ``model.box2box_transform``), class-wise NMS, then the best ``max_detections_per_image``.
+    """
+    pred = model._decode_multi_level_predictions(
+        anchors, scores, box_reg, model.test_score_thresh, model.test_topk_candidates, image_size
+    )
+    keep = batched_nms(
+        pred.pred_boxes.tensor, pred.scores, pred.pred_classes, model.test_nms_thresh
+    )
+    return pred[keep[: model.max_detections_per_image]]
+
+
 def num_positives(pos_mask: Tensor) -> Tensor:
     """
     mmdet's normaliser: sum over images of max(#positives, 1), averaged over workers, at least 1.
@@ -342,10 +362,4 @@ class ATSS(DenseDetector):
         self, anchors: List[Boxes], scores: List[Tensor], deltas: List[Tensor], image_size
     ) -> Instances:
         """Threshold, top-k per level, decode, class-wise NMS, keep the best detections."""
-        pred = self._decode_multi_level_predictions(
-            anchors, scores, deltas, self.test_score_thresh, self.test_topk_candidates, image_size
-        )
-        keep = batched_nms(
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
-        )
-        return pred[keep[: self.max_detections_per_image]]
+        return nms_single_image(self, anchors, scores, deltas, image_size)

@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
@@ -43,7 +43,13 @@ from d2kd.layers.gfl_losses import distribution_focal_loss, quality_focal_loss
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
-from .atss import atss_label_anchors, head_input_shapes, num_positives, square_anchor_generator
+from .atss import (
+    atss_label_anchors,
+    head_input_shapes,
+    nms_single_image,
+    num_positives,
+    square_anchor_generator,
+)
 
 __all__ = ["GFL", "GFLHead"]
 
@@ -282,10 +288,4 @@ class GFL(DenseDetector):
         takes the top-k anchors by max score before thresholding each class; Detectron2's helper
         used here takes the top-k (anchor, class) pairs above the threshold.)
         """
-        pred = self._decode_multi_level_predictions(
-            anchors, scores, dists, self.test_score_thresh, self.test_topk_candidates, image_size
-        )
-        keep = batched_nms(
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
-        )
-        return pred[keep[: self.max_detections_per_image]]
+        return nms_single_image(self, anchors, scores, dists, image_size)
