@@ -11,9 +11,11 @@ Stages:
   1. generate the synthetic shapes dataset if it is absent;
   2. train the teacher (``--teacher``, default configs/shapes/retinanet_R18_long.yaml), unless
      a checkpoint trained from the same resolved config and data is cached under
-     ``<output>/teachers/<hash>/``;
+     ``<cache-dir>/teachers/<hash>/`` (``--cache-dir`` defaults to ``--output``);
   3. train the student of the method config twice, with the same seed and schedule: plain
-     (``MODEL.META_ARCHITECTURE`` := the student's) and distilled (``DistillDetector``);
+     (``MODEL.META_ARCHITECTURE`` := the student's; cached like the teacher, under
+     ``<cache-dir>/students/<hash>/``, so methods sharing a student train it once) and distilled
+     (``DistillDetector``);
   4. evaluate all three with COCOEvaluator on the val split, print one table and write
      ``results.json``, ``results.csv`` and ``results.png`` under ``--output``.
 
@@ -124,14 +126,22 @@ def stage_cfg(config_file: str, iters: Optional[int], data: Dict, args, out_dir:
     return cfg
 
 
+def _digest(cfg, data: Dict) -> str:
+    """12 hex digits of the resolved config (without OUTPUT_DIR and the KD node, which a plain
+    model never reads) and the training annotations: the key of a cached stage."""
+    cfg = cfg.clone()
+    cfg.OUTPUT_DIR = ""
+    cfg.MODEL.pop("KD", None)
+    with open(data["train_json"], "rb") as f:
+        return hashlib.sha256(cfg.dump().encode() + f.read()).hexdigest()[:12]
+
+
 def teacher_cfg(method_cfg, data: Dict, args):
     """The teacher's training config, cached under a hash of the resolved config and the data."""
     # The same overrides, in the same order, as DistillDetector will apply (see student_cfgs).
     opts = list(method_cfg.MODEL.KD.TEACHER.OPTS) + list(args.opts)
     cfg = stage_cfg(args.teacher, args.teacher_iters, data, args, "", opts)
-    with open(data["train_json"], "rb") as f:
-        digest = hashlib.sha256(cfg.dump().encode() + f.read()).hexdigest()[:12]
-    cfg.OUTPUT_DIR = os.path.join(args.output, "teachers", digest)
+    cfg.OUTPUT_DIR = os.path.join(args.cache_dir, "teachers", _digest(cfg, data))
     return cfg
 
 
@@ -154,21 +164,27 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
     return dict(results["bbox"]), time.perf_counter() - start
 
 
-def run_teacher_stage(cfg, retrain: bool) -> Dict:
+def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
     """
-    Stage 2: train the teacher, or reuse the cached one.
+    Train ``cfg`` (the teacher, stage 2, or the plain student, stage 3), or reuse the model that
+    a run with the same resolved config and data left in ``cfg.OUTPUT_DIR``.
 
     Returns:
         {"metrics": COCO bbox metrics, "seconds": training + evaluation when it was trained,
         "weights": checkpoint path, "cached": whether it was reused}
     """
+    stage = "2/4" if role == "teacher" else "3/4"
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    metrics_file = os.path.join(cfg.OUTPUT_DIR, "teacher_metrics.json")
+    metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
     if not retrain and os.path.isfile(weights) and os.path.isfile(metrics_file):
-        logger.info(f"Stage 2/4: reusing the cached teacher {weights} (--retrain to train again)")
+        logger.info(
+            f"Stage {stage}: reusing the cached {role} {weights} (--retrain to train again)"
+        )
         with open(metrics_file) as f:
             return {**json.load(f), "weights": weights, "cached": True}
-    logger.info(f"Stage 2/4: training the teacher ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}")
+    logger.info(
+        f"Stage {stage}: training the {role} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
+    )
     metrics, seconds = train_and_evaluate(cfg)
     with open(metrics_file, "w") as f:
         json.dump({"metrics": metrics, "seconds": seconds}, f, indent=2)
@@ -184,7 +200,9 @@ def student_cfgs(args, data: Dict, teacher_weights: str):
     kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + list(args.opts)
     plain = kd.clone()
     plain.MODEL.META_ARCHITECTURE = kd.MODEL.KD.STUDENT_META_ARCHITECTURE
-    plain.OUTPUT_DIR = os.path.join(args.output, "student")
+    # The plain student does not depend on the method: methods sharing a student and schedule
+    # reuse one run (cached like the teacher).
+    plain.OUTPUT_DIR = os.path.join(args.cache_dir, "students", _digest(plain, data))
     return plain, kd
 
 
@@ -266,6 +284,12 @@ def parse_args(argv=None):
         help='teacher config, or "method" for the method\'s own MODEL.KD.TEACHER.CONFIG_FILE',
     )
     p.add_argument("--output", default="output/demo", help="where stages, cache and results go")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where trained teachers and plain students are cached (default: --output); "
+        "share it between runs of several methods",
+    )
     p.add_argument("--teacher-iters", type=int, help="default: the teacher config's MAX_ITER")
     p.add_argument("--student-iters", type=int, help="default: the method config's MAX_ITER")
     p.add_argument(
@@ -275,7 +299,7 @@ def parse_args(argv=None):
     p.add_argument("--val-images", type=int, default=None, help="val images (default: 200)")
     p.add_argument("--device", default="cuda", help="cuda (falls back to cpu when absent) or cpu")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers per stage")
-    p.add_argument("--retrain", action="store_true", help="ignore a cached teacher")
+    p.add_argument("--retrain", action="store_true", help="ignore a cached teacher and student")
     p.add_argument(
         "--opts", nargs="*", default=[], help="KEY VALUE config overrides for every stage"
     )
@@ -284,6 +308,7 @@ def parse_args(argv=None):
     if args.teacher == "method":
         args.teacher = train_net.load_cfg(args.method).MODEL.KD.TEACHER.CONFIG_FILE
     args.teacher = resolve_config_path(args.teacher)
+    args.cache_dir = args.cache_dir or args.output
     if args.data_root is None:
         custom = args.train_images is not None or args.val_images is not None
         suffix = f"_{args.train_images or 'all'}_{args.val_images or 'all'}" if custom else ""
@@ -301,10 +326,10 @@ def main(argv=None) -> List[Dict]:
     data = prepare_data(args.data_root, args.train_images, args.val_images)
     method = train_net.load_cfg(args.method)
     tcfg = teacher_cfg(method, data, args)
-    teacher = run_teacher_stage(tcfg, args.retrain)
+    teacher = run_cached_stage(tcfg, args.retrain, "teacher")
     plain, kd = student_cfgs(args, data, teacher["weights"])
-    logger.info(f"Stage 3/4: the plain student ({plain.SOLVER.MAX_ITER} iterations)")
-    s_metrics, s_secs = train_and_evaluate(plain)
+    student = run_cached_stage(plain, args.retrain, "student")
+    s_metrics = student["metrics"]
     logger.info(f"Stage 3/4: the distilled student ({kd.SOLVER.MAX_ITER} iterations)")
     d_metrics, d_secs = train_and_evaluate(kd)
     logger.info("Stage 4/4: results")
@@ -312,8 +337,8 @@ def main(argv=None) -> List[Dict]:
         {"model": "teacher (cached)" if teacher["cached"] else "teacher", "config": _rel(args.teacher),
          "weights": teacher["weights"], "iters": tcfg.SOLVER.MAX_ITER, "seconds": teacher["seconds"],
          **teacher["metrics"]},
-        {"model": "student", "config": _rel(args.method),
-         "iters": plain.SOLVER.MAX_ITER, "seconds": s_secs, **s_metrics},
+        {"model": "student (cached)" if student["cached"] else "student", "config": _rel(args.method),
+         "iters": plain.SOLVER.MAX_ITER, "seconds": student["seconds"], **s_metrics},
         {"model": "distilled", "config": _rel(args.method),
          "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics},
         {"model": "gain (distilled-student)", **{m: d_metrics[m] - s_metrics[m] for m in METRICS}},

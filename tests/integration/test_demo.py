@@ -55,10 +55,12 @@ def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatc
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "distilled" in printed and "APl" in printed
-    for stage in ("student", "distilled"):
-        assert (out / stage / "model_final.pth").is_file()
+    (student_dir,) = (out / "students").iterdir()  # the plain student, cached under its hash
+    dirs = {"student": student_dir, "distilled": out / "distilled"}
+    for stage_dir in dirs.values():
+        assert (stage_dir / "model_final.pth").is_file()
     # Same seed, same initial student, same batch: the first step's detection losses are equal.
-    first = {stage: _first_metrics(out / stage) for stage in ("student", "distilled")}
+    first = {stage: _first_metrics(d) for stage, d in dirs.items()}
     assert "loss_kd_mse_p3" in first["distilled"]
     for key in ("loss_cls", "loss_box_reg"):
         assert first["student"][key] == pytest.approx(first["distilled"][key], rel=1e-5), key
@@ -68,11 +70,21 @@ def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatc
     data = demo.prepare_data(args.data_root, args.train_images, args.val_images)
     tcfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
     monkeypatch.setattr(demo, "train_and_evaluate", lambda cfg: pytest.fail("teacher retrained"))
-    cached = demo.run_teacher_stage(tcfg, retrain=False)
+    cached = demo.run_cached_stage(tcfg, retrain=False)
     assert cached["cached"] and cached["weights"] == saved["rows"][0]["weights"]
     # (json, so that NaN, the AP of a model with no detection, compares equal to itself)
     same = [json.dumps([d[m] for m in demo.METRICS]) for d in (cached["metrics"], rows[0])]
     assert same[0] == same[1]
+
+    # So is the plain student, whatever the method: another method with the same student and
+    # schedule reuses it, while a changed student schedule is a new cache entry.
+    other = _argv(tmp_path) + ["--method", "configs/shapes/kd/mse_retinanet_R50_to_R18.yaml"]
+    args = demo.parse_args(other)
+    plain, _ = demo.student_cfgs(args, data, cached["weights"])
+    assert plain.OUTPUT_DIR == str(student_dir)
+    assert demo.run_cached_stage(plain, retrain=False, role="student")["cached"]
+    args = demo.parse_args(_argv(tmp_path) + ["--student-iters", "2"])
+    assert demo.student_cfgs(args, data, cached["weights"])[0].OUTPUT_DIR != str(student_dir)
 
 
 def test_schedule_is_scaled_and_valid_for_detectron2():

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
 
 import torch  # noqa: E402
-from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from d2kd.layers.box_ops import aligned_iou as box_iou  # noqa: E402
@@ -62,7 +62,7 @@ def _kd_keys(losses, method):
     return sorted(k for k in losses if k.startswith(f"loss_kd_{method}_"))
 
 
-@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "gfl"])
 def test_pgd_train_step(data, arch):
     cfg, model = _model(f"shapes/kd/pgd_{arch}_R50_to_R18.yaml")
     losses = _step(cfg, model, data)
@@ -245,10 +245,6 @@ def test_bad_pgd_fgd_configs_raise_clear_errors():
         _model("shapes/kd/fgd_fcos_R50_to_R18.yaml", ["MODEL.KD.FGD.KEYS", ["p3", "p9"]])
 
 
-@pytest.mark.skipif(
-    "ATSS" not in META_ARCH_REGISTRY,
-    reason="the ATSS meta-architecture is not registered on this branch yet (written on the atss-gfl branch)",
-)
 @pytest.mark.parametrize("method", ["pgd", "fgd"])
 def test_atss_train_step(data, method):
     cfg, model = _model(f"shapes/kd/{method}_atss_R50_to_R18.yaml")
