@@ -110,12 +110,6 @@ class ATSS(SquareAnchorDetector):
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         giou_loss_weight: float = 2.0,
-        anchor_scale: float = 8.0,
-        topk: int = 9,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
         **kwargs,
     ):
         """
@@ -123,18 +117,10 @@ class ATSS(SquareAnchorDetector):
             box2box_transform: delta coder (default weights (10, 10, 5, 5)).
             focal_loss_alpha / focal_loss_gamma: sigmoid focal loss parameters.
             giou_loss_weight: weight of the GIoU box loss.
-            others: as :class:`SquareAnchorDetector` (backbone, head, head_in_features,
-                num_classes, pixel_mean and pixel_std are required).
+            kwargs: those of :class:`SquareAnchorDetector` (backbone, head, head_in_features,
+                num_classes, pixel_mean and pixel_std required; anchor and test parameters).
         """
-        super().__init__(
-            anchor_scale=anchor_scale,
-            topk=topk,
-            test_score_thresh=test_score_thresh,
-            test_topk_candidates=test_topk_candidates,
-            test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         self.box2box_transform = box2box_transform or Box2BoxTransform(
             weights=(10.0, 10.0, 5.0, 5.0)
         )

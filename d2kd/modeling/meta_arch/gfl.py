@@ -103,30 +103,16 @@ class GFL(SquareAnchorDetector):
         qfl_loss_weight: float = 1.0,
         giou_loss_weight: float = 2.0,
         dfl_loss_weight: float = 0.25,
-        anchor_scale: float = 8.0,
-        topk: int = 9,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
         **kwargs,
     ):
         """
         Args:
             reg_max: n (the head must predict 4 (n + 1) logits per anchor).
             qfl_beta / *_loss_weight: QFL exponent and the three loss weights.
-            others: as :class:`SquareAnchorDetector` (backbone, head, head_in_features,
-                num_classes, pixel_mean and pixel_std are required).
+            kwargs: those of :class:`SquareAnchorDetector` (backbone, head, head_in_features,
+                num_classes, pixel_mean and pixel_std required; anchor and test parameters).
         """
-        super().__init__(
-            anchor_scale=anchor_scale,
-            topk=topk,
-            test_score_thresh=test_score_thresh,
-            test_topk_candidates=test_topk_candidates,
-            test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         self.reg_max = int(reg_max)
         self.box2box_transform = DistributionBoxCoder(self.reg_max, self.anchor_scale)
         self.qfl_beta = qfl_beta
