@@ -8,7 +8,6 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
@@ -16,16 +15,15 @@ from d2kd.modeling import dense_outputs  # noqa: E402
 from d2kd.modeling.meta_arch.atss import ATSS, centerness_targets  # noqa: E402
 from d2kd.modeling.recorder import TapRecorder  # noqa: E402
 
-from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.common import (  # noqa: E402
+    make_batch,
+    tiny_cfg,
+    tiny_dense_opts,
+    tiny_shapes,
+)
 
 CFG = "shapes/atss_R18.yaml"
-LOSS_KEYS = {"loss_atss_cls", "loss_atss_box", "loss_atss_ctr"}
-# Smaller than the shapes config, to keep CPU tests to seconds: 64 px images, 64-channel FPN.
-TINY = [
-    "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.ATSS.NUM_CONVS", 2,
-    "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64,
-    "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
-]  # fmt: skip
+TINY = tiny_dense_opts("ATSS")
 
 
 @pytest.fixture(scope="module")
@@ -117,30 +115,6 @@ def test_losses_by_hand(model_and_cfg):
     assert losses["loss_atss_ctr"].item() == pytest.approx(ln2, rel=1e-5)
 
 
-def test_two_training_iterations_then_eval(model_and_cfg, data):
-    model, cfg = model_and_cfg
-    model.train()
-    optimizer = build_optimizer(cfg, model)
-    batch = make_batch(cfg, data[:2])
-    with EventStorage(0) as storage:
-        for it in range(2):
-            losses = model(batch)
-            assert set(losses) == LOSS_KEYS
-            assert all(torch.isfinite(v) for v in losses.values())
-            assert losses["loss_atss_box"] > 0  # the images have positives
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            storage.step()
-        assert storage.history("num_pos_anchors").latest() > 0
-    assert all(p.grad is not None for p in model.head.parameters())
-    model.eval()
-    with torch.no_grad():
-        out = model(make_batch(cfg, data[2:4], is_train=False))
-    assert len(out) == 2 and out[0]["instances"].has("pred_boxes")
-    assert len(out[0]["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
-
-
 def test_empty_images_and_recorded_taps(model_and_cfg, data):
     model, cfg = model_and_cfg
     model.train()
@@ -158,32 +132,6 @@ def test_empty_images_and_recorded_taps(model_and_cfg, data):
     assert flat.logits.shape == (2, flat.anchors.shape[0], 4)
     assert flat.box_reg.shape[-1] == 4 and flat.extras[0].shape[-1] == 1
     assert flat.strides == [8, 16, 32, 64, 128]
-
-
-def test_distill_atss_teacher_and_student_with_feature_mse(data):
-    small = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
-    cfg = tiny_cfg(
-        "shapes/kd/mse_retinanet_R50_to_R18.yaml",
-        [
-            "MODEL.KD.STUDENT_META_ARCHITECTURE", "ATSS",
-            "MODEL.ATSS.NUM_CLASSES", 4,
-            "MODEL.KD.TEACHER.CONFIG_FILE", "configs/shapes/atss_R50.yaml",
-            "MODEL.KD.TEACHER.OPTS", ["MODEL.DEVICE", "cpu"] + small + TINY,
-            *TINY,
-        ],
-    )  # fmt: skip
-    model = build_model(cfg)
-    assert isinstance(model.student, ATSS) and isinstance(model.teacher, ATSS)
-    model.train()
-    with EventStorage(0):
-        losses = model(make_batch(cfg, data[:2]))
-    assert LOSS_KEYS <= set(losses)
-    assert sorted(k for k in losses if k.startswith("loss_kd_mse_")) == [
-        f"loss_kd_mse_p{i}" for i in range(3, 8)
-    ]
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    assert all(p.grad is None for p in model.teacher.parameters())
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
@@ -16,17 +15,16 @@ from d2kd.modeling import decode_boxes, dense_outputs  # noqa: E402
 from d2kd.modeling.meta_arch.gfl import GFL  # noqa: E402
 from d2kd.modeling.recorder import TapRecorder  # noqa: E402
 
-from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.common import (  # noqa: E402
+    make_batch,
+    tiny_cfg,
+    tiny_dense_opts,
+    tiny_shapes,
+)
 
 CFG = "shapes/gfl_R18.yaml"
-LOSS_KEYS = {"loss_gfl_cls", "loss_gfl_bbox", "loss_gfl_dfl"}
 LN2 = math.log(2.0)
-# Smaller than the shapes config, to keep CPU tests to seconds: 64 px images, 64-channel FPN.
-TINY = [
-    "MODEL.FPN.OUT_CHANNELS", 64, "MODEL.GFL.NUM_CONVS", 2,
-    "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64,
-    "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
-]  # fmt: skip
+TINY = tiny_dense_opts("GFL")
 
 
 @pytest.fixture(scope="module")
@@ -95,30 +93,6 @@ def test_losses_by_hand(model_and_cfg):
     assert losses["loss_gfl_dfl"].item() == pytest.approx(0.25 * 0.5 * math.log(17), rel=1e-5)
 
 
-def test_two_training_iterations_then_eval(model_and_cfg, data):
-    model, cfg = model_and_cfg
-    model.train()
-    optimizer = build_optimizer(cfg, model)
-    batch = make_batch(cfg, data[:2])
-    with EventStorage(0) as storage:
-        for _ in range(2):
-            losses = model(batch)
-            assert set(losses) == LOSS_KEYS
-            assert all(torch.isfinite(v) for v in losses.values())
-            assert losses["loss_gfl_bbox"] > 0 and losses["loss_gfl_dfl"] > 0
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
-            storage.step()
-        assert storage.history("num_pos_anchors").latest() > 0
-    assert all(p.grad is not None for p in model.head.parameters())
-    model.eval()
-    with torch.no_grad():
-        out = model(make_batch(cfg, data[2:4], is_train=False))
-    assert len(out) == 2 and out[0]["instances"].has("scores")
-    assert len(out[0]["instances"]) <= cfg.TEST.DETECTIONS_PER_IMAGE
-
-
 def test_empty_image_taps_and_post_scale_outputs(model_and_cfg, data):
     model, cfg = model_and_cfg
     model.train()
@@ -143,30 +117,6 @@ def test_empty_image_taps_and_post_scale_outputs(model_and_cfg, data):
     assert torch.allclose(bbox_reg[0], 2.0 * rec.get_all("head.bbox_pred")[0])
     flat = dense_outputs(model, rec.get("head"), rec.get("anchor_generator"))
     assert flat.box_reg.shape == (2, flat.anchors.shape[0], 68) and flat.extras == []
-
-
-def test_distill_gfl_teacher_and_student_with_feature_mse(data):
-    small = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
-    cfg = tiny_cfg(
-        "shapes/kd/mse_retinanet_R50_to_R18.yaml",
-        [
-            "MODEL.KD.STUDENT_META_ARCHITECTURE", "GFL",
-            "MODEL.GFL.NUM_CLASSES", 4,
-            "MODEL.KD.TEACHER.CONFIG_FILE", "configs/shapes/gfl_R50.yaml",
-            "MODEL.KD.TEACHER.OPTS", ["MODEL.DEVICE", "cpu"] + small + TINY,
-            *TINY,
-        ],
-    )  # fmt: skip
-    model = build_model(cfg)
-    assert isinstance(model.student, GFL) and isinstance(model.teacher, GFL)
-    model.train()
-    with EventStorage(0):
-        losses = model(make_batch(cfg, data[:2]))
-    assert LOSS_KEYS <= set(losses)
-    assert len([k for k in losses if k.startswith("loss_kd_mse_")]) == 5
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    assert all(p.grad is None for p in model.teacher.parameters())
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
@@ -29,19 +27,13 @@ from fvcore.nn import giou_loss, sigmoid_focal_loss_jit
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from d2kd.layers.atss_assign import atss_assign
 from d2kd.layers.box_ops import box_centers
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
-__all__ = [
-    "ATSS",
-    "ATSSHead",
-    "atss_label_anchors",
-    "head_input_shapes",
-    "num_positives",
-    "square_anchor_generator",
-]
+from .square_anchor import SquareAnchorDetector, num_positives
+
+__all__ = ["ATSS", "ATSSHead", "centerness_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,88 +77,6 @@ class ATSSHead(RetinaNetHead):
         return logits, bbox_reg, centerness
 
 
-def head_input_shapes(backbone: Backbone, in_features: List[str], key: str) -> List[ShapeSpec]:
-    """The backbone's ShapeSpecs of ``in_features``; a KeyError names ``key`` if one is missing."""
-    shapes = backbone.output_shape()
-    missing = [f for f in in_features if f not in shapes]
-    if missing:
-        raise KeyError(f"{key}: the backbone has no features {missing}; it has {sorted(shapes)}")
-    return [shapes[f] for f in in_features]
-
-
-def square_anchor_generator(strides: List[int], anchor_scale: float) -> DefaultAnchorGenerator:
-    """One square anchor of side ``anchor_scale x stride`` per location, offset 0 (mmdet's ATSS/GFL)."""
-    return DefaultAnchorGenerator(
-        sizes=[[anchor_scale * s] for s in strides],
-        aspect_ratios=[1.0],
-        strides=strides,
-        offset=0.0,
-    )
-
-
-@torch.no_grad()
-def atss_label_anchors(
-    anchors: List[Boxes], gt_instances: List[Instances], num_classes: int, topk: int
-) -> Tuple[List[Tensor], List[Tensor]]:
-    """
-    ATSS labels of every anchor, in the format of Detectron2's ``RetinaNet.label_anchors``.
-
-    Args:
-        anchors: L Boxes (R_l, 4), the same for every image.
-        gt_instances: N Instances with ``gt_boxes`` and ``gt_classes``.
-    Returns:
-        gt_labels: N tensors (R,), class in [0, K) or K (background); never -1 (no ignored anchors).
-        matched_gt_boxes: N tensors (R, 4), the assigned GT box (undefined on background).
-    """
-    sizes = [len(a) for a in anchors]
-    flat = Boxes.cat(anchors).tensor  # (R, 4)
-    gt_labels, matched_boxes = [], []
-    for inst in gt_instances:
-        boxes = inst.gt_boxes.tensor
-        idx = atss_assign(flat, sizes, boxes, topk=topk).matched_gt_idx  # (R,)
-        if len(inst) > 0:
-            labels = inst.gt_classes[idx.clamp(min=0)]
-            labels = torch.where(idx >= 0, labels, torch.full_like(labels, num_classes))
-            matched = boxes[idx.clamp(min=0)]
-        else:
-            labels = torch.full_like(idx, num_classes)
-            matched = torch.zeros_like(flat)
-        gt_labels.append(labels)
-        matched_boxes.append(matched)
-    return gt_labels, matched_boxes
-
-
-def nms_single_image(
-    model: DenseDetector,
-    anchors: List[Boxes],
-    scores: List[Tensor],
-    box_reg: List[Tensor],
-    image_size,
-) -> Instances:
-    """
-    Inference of one image for ATSS and GFL: Detectron2's threshold + top-k per level + decode
-    (with ``model.box2box_transform``), class-wise NMS, then the best ``max_detections_per_image``.
-    """
-    pred = model._decode_multi_level_predictions(
-        anchors, scores, box_reg, model.test_score_thresh, model.test_topk_candidates, image_size
-    )
-    keep = batched_nms(
-        pred.pred_boxes.tensor, pred.scores, pred.pred_classes, model.test_nms_thresh
-    )
-    return pred[keep[: model.max_detections_per_image]]
-
-
-def num_positives(pos_mask: Tensor) -> Tensor:
-    """
-    mmdet's normaliser: sum over images of max(#positives, 1), averaged over workers, at least 1.
-
-    Args:
-        pos_mask: (N, R) bool.
-    """
-    per_image = pos_mask.sum(dim=1).clamp(min=1).sum().float()
-    return reduce_mean(per_image).clamp(min=1.0)
-
-
 def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     """
     FCOS centerness of the anchor centres in their GT boxes (anchors (P, 4), gt_boxes (P, 4) ->
@@ -183,7 +93,7 @@ def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
 
 
 @META_ARCH_REGISTRY.register()
-class ATSS(DenseDetector):
+class ATSS(SquareAnchorDetector):
     """
     ATSS detector: :class:`ATSSHead` on FPN levels, one ``anchor_scale x stride`` square anchor
     per location, deltas coded by ``Box2BoxTransform(weights=(10, 10, 5, 5))`` (mmdet's stds
@@ -196,88 +106,37 @@ class ATSS(DenseDetector):
     def __init__(
         self,
         *,
-        backbone: Backbone,
-        head: nn.Module,
-        head_in_features: List[str],
-        num_classes: int,
-        anchor_scale: float = 8.0,
-        topk: int = 9,
         box2box_transform: Optional[Box2BoxTransform] = None,
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         giou_loss_weight: float = 2.0,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pixel_mean: Tuple[float, ...],
-        pixel_std: Tuple[float, ...],
+        **kwargs,
     ):
         """
         Args:
-            backbone / head / head_in_features: as :class:`DenseDetector`.
-            num_classes: K.
-            anchor_scale: anchor side in strides.
-            topk: ATSS candidates per level and GT.
             box2box_transform: delta coder (default weights (10, 10, 5, 5)).
             focal_loss_alpha / focal_loss_gamma: sigmoid focal loss parameters.
             giou_loss_weight: weight of the GIoU box loss.
-            test_*: score threshold, candidates per level before NMS, NMS IoU threshold.
-            max_detections_per_image: detections kept after NMS.
+            kwargs: those of :class:`SquareAnchorDetector` (backbone, head, head_in_features,
+                num_classes, pixel_mean and pixel_std required; anchor and test parameters).
         """
-        super().__init__(
-            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
-        )
-        self.num_classes = num_classes
-        shapes = backbone.output_shape()
-        strides = [shapes[f].stride for f in self.head_in_features]
-        self.anchor_scale = float(anchor_scale)
-        self.anchor_generator = square_anchor_generator(strides, self.anchor_scale)
+        super().__init__(**kwargs)
         self.box2box_transform = box2box_transform or Box2BoxTransform(
             weights=(10.0, 10.0, 5.0, 5.0)
         )
-        self.topk = topk
-        # Loss parameters:
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.giou_loss_weight = giou_loss_weight
-        # Inference parameters:
-        self.test_score_thresh = test_score_thresh
-        self.test_topk_candidates = test_topk_candidates
-        self.test_nms_thresh = test_nms_thresh
-        self.max_detections_per_image = max_detections_per_image
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
         c = cfg.MODEL.ATSS
-        backbone = build_backbone(cfg)
-        in_shapes = head_input_shapes(backbone, list(c.IN_FEATURES), "MODEL.ATSS.IN_FEATURES")
-        head = ATSSHead(
-            input_shape=in_shapes,
-            conv_dims=[in_shapes[0].channels] * c.NUM_CONVS,
-            num_classes=c.NUM_CLASSES,
-            norm=c.HEAD_NORM,
-            prior_prob=c.PRIOR_PROB,
-        )
         return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": list(c.IN_FEATURES),
-            "num_classes": c.NUM_CLASSES,
-            "anchor_scale": c.ANCHOR_SCALE,
-            "topk": c.TOPK,
+            **cls.shared_config(cfg, "ATSS", ATSSHead),
             "box2box_transform": Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS)),
-            # Loss parameters:
             "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
             "giou_loss_weight": c.GIOU_LOSS_WEIGHT,
-            # Inference parameters:
-            "test_score_thresh": c.SCORE_THRESH_TEST,
-            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": c.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
     @property
@@ -292,12 +151,6 @@ class ATSS(DenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr)
-
-    def label_anchors(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
-    ) -> Tuple[List[Tensor], List[Tensor]]:
-        """See :func:`atss_label_anchors` (background label = ``num_classes``)."""
-        return atss_label_anchors(anchors, gt_instances, self.num_classes, self.topk)
 
     def losses(
         self, anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr
@@ -357,9 +210,3 @@ class ATSS(DenseDetector):
             deltas = [x[i] for x in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
-
-    def inference_single_image(
-        self, anchors: List[Boxes], scores: List[Tensor], deltas: List[Tensor], image_size
-    ) -> Instances:
-        """Threshold, top-k per level, decode, class-wise NMS, keep the best detections."""
-        return nms_single_image(self, anchors, scores, deltas, image_size)

@@ -24,8 +24,7 @@ from typing import Dict, List, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
@@ -43,13 +42,7 @@ from d2kd.layers.gfl_losses import distribution_focal_loss, quality_focal_loss
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
-from .atss import (
-    atss_label_anchors,
-    head_input_shapes,
-    nms_single_image,
-    num_positives,
-    square_anchor_generator,
-)
+from .square_anchor import SquareAnchorDetector, num_positives
 
 __all__ = ["GFL", "GFLHead"]
 
@@ -93,7 +86,7 @@ class GFLHead(RetinaNetHead):
 
 
 @META_ARCH_REGISTRY.register()
-class GFL(DenseDetector):
+class GFL(SquareAnchorDetector):
     """
     GFL detector (see the module docstring). ``box2box_transform`` is a
     :class:`DistributionBoxCoder`, whose ``apply_deltas`` decodes distribution logits against
@@ -105,90 +98,38 @@ class GFL(DenseDetector):
     def __init__(
         self,
         *,
-        backbone: Backbone,
-        head: nn.Module,
-        head_in_features: List[str],
-        num_classes: int,
         reg_max: int = 16,
-        anchor_scale: float = 8.0,
-        topk: int = 9,
         qfl_beta: float = 2.0,
         qfl_loss_weight: float = 1.0,
         giou_loss_weight: float = 2.0,
         dfl_loss_weight: float = 0.25,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pixel_mean: Tuple[float, ...],
-        pixel_std: Tuple[float, ...],
+        **kwargs,
     ):
         """
         Args:
-            backbone / head / head_in_features: as :class:`DenseDetector`.
-            num_classes: K.
             reg_max: n (the head must predict 4 (n + 1) logits per anchor).
-            anchor_scale: anchor side in strides.
-            topk: ATSS candidates per level and GT.
             qfl_beta / *_loss_weight: QFL exponent and the three loss weights.
-            test_*: score threshold, candidates per level before NMS, NMS IoU threshold.
-            max_detections_per_image: detections kept after NMS.
+            kwargs: those of :class:`SquareAnchorDetector` (backbone, head, head_in_features,
+                num_classes, pixel_mean and pixel_std required; anchor and test parameters).
         """
-        super().__init__(
-            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
-        )
-        self.num_classes = num_classes
+        super().__init__(**kwargs)
         self.reg_max = int(reg_max)
-        shapes = backbone.output_shape()
-        strides = [shapes[f].stride for f in self.head_in_features]
-        self.anchor_scale = float(anchor_scale)
-        self.anchor_generator = square_anchor_generator(strides, self.anchor_scale)
         self.box2box_transform = DistributionBoxCoder(self.reg_max, self.anchor_scale)
-        self.topk = topk
-        # Loss parameters:
         self.qfl_beta = qfl_beta
         self.qfl_loss_weight = qfl_loss_weight
         self.giou_loss_weight = giou_loss_weight
         self.dfl_loss_weight = dfl_loss_weight
-        # Inference parameters:
-        self.test_score_thresh = test_score_thresh
-        self.test_topk_candidates = test_topk_candidates
-        self.test_nms_thresh = test_nms_thresh
-        self.max_detections_per_image = max_detections_per_image
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
         c = cfg.MODEL.GFL
-        backbone = build_backbone(cfg)
-        in_shapes = head_input_shapes(backbone, list(c.IN_FEATURES), "MODEL.GFL.IN_FEATURES")
-        head = GFLHead(
-            input_shape=in_shapes,
-            conv_dims=[in_shapes[0].channels] * c.NUM_CONVS,
-            num_classes=c.NUM_CLASSES,
-            norm=c.HEAD_NORM,
-            prior_prob=c.PRIOR_PROB,
-            reg_max=c.REG_MAX,
-        )
         return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": list(c.IN_FEATURES),
-            "num_classes": c.NUM_CLASSES,
+            **cls.shared_config(cfg, "GFL", GFLHead, reg_max=c.REG_MAX),
             "reg_max": c.REG_MAX,
-            "anchor_scale": c.ANCHOR_SCALE,
-            "topk": c.TOPK,
-            # Loss parameters:
             "qfl_beta": c.QFL_BETA,
             "qfl_loss_weight": c.QFL_LOSS_WEIGHT,
             "giou_loss_weight": c.GIOU_LOSS_WEIGHT,
             "dfl_loss_weight": c.DFL_LOSS_WEIGHT,
-            # Inference parameters:
-            "test_score_thresh": c.SCORE_THRESH_TEST,
-            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": c.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
     @property
@@ -213,12 +154,6 @@ class GFL(DenseDetector):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(anchors, pred_logits, gt_labels, pred_dists, gt_boxes)
-
-    def label_anchors(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
-    ) -> Tuple[List[Tensor], List[Tensor]]:
-        """ATSS labels, see :func:`d2kd.modeling.meta_arch.atss.atss_label_anchors`."""
-        return atss_label_anchors(anchors, gt_instances, self.num_classes, self.topk)
 
     def losses(self, anchors, pred_logits, gt_labels, pred_dists, gt_boxes) -> Dict[str, Tensor]:
         """
@@ -279,13 +214,3 @@ class GFL(DenseDetector):
             dists = [x[i] for x in pred_dists]
             results.append(self.inference_single_image(anchors, scores, dists, image_size))
         return results
-
-    def inference_single_image(
-        self, anchors: List[Boxes], scores: List[Tensor], dists: List[Tensor], image_size
-    ) -> Instances:
-        """
-        Threshold, top-k per level, decode, class-wise NMS, keep the best detections. (mmdet
-        takes the top-k anchors by max score before thresholding each class; Detectron2's helper
-        used here takes the top-k (anchor, class) pairs above the threshold.)
-        """
-        return nms_single_image(self, anchors, scores, dists, image_size)
