@@ -32,6 +32,8 @@ def add_bckd_ld_config(cfg: CN) -> None:
     _C.MODEL.KD.LD.VLR_WEIGHT = 0.25
     _C.MODEL.KD.LD.VLR_AVG_FACTOR = 16.0
     # Main KD: softmax KL of the class logits on the positives, mean per level (official 10).
+    # The KL is averaged over the K classes (official), so the dose per summed KL is weight / K:
+    # scale the weight by K / 80 to keep COCO's dose on a dataset of K classes (shapes: 0.5).
     _C.MODEL.KD.LD.CLS_WEIGHT = 10.0
     # Temperatures of the localization KL and of the classification KL.
     _C.MODEL.KD.LD.TEMPERATURE = 10.0
