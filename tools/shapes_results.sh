@@ -13,10 +13,10 @@ OUT=${OUT:-output/results}
 KD=configs/shapes/kd
 
 declare -A RUNS=(
-  [retinanet]="fgd_retinanet_R50_to_R18 pgd_retinanet_R50_to_R18"
+  [retinanet]="fgd_retinanet_R50_to_R18 pgd_retinanet_R50_to_R18 bckd_retinanet_R50_to_R18"
   [fcos]="fgd_fcos_R50_to_R18 pgd_fcos_R50_to_R18 bckd_fcos_R50_to_R18 pgd_bckd_fcos_R50_to_R18"
   [atss]="fgd_atss_R50_to_R18 pgd_atss_R50_to_R18"
-  [gfl]="ld_gfl_R50_to_R18 bckd_gfl_R50_to_R18 pgd_bckd_gfl_R50_to_R18"
+  [gfl]="ld_gfl_R50_to_R18 bckd_gfl_R50_to_R18 pgd_gfl_R50_to_R18 pgd_bckd_gfl_R50_to_R18"
   [deformable_detr]="detrdistill_deformable_detr_R50_to_R18"
 )
 detectors=("$@")
