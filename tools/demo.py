@@ -49,6 +49,7 @@ from d2kd.engine import write_run_info  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
 
 import train_net  # noqa: E402
+from tools.results_table import format_ap  # noqa: E402
 
 DEFAULT_METHOD = "configs/shapes/kd/mse_retinanet_R18long_to_R18.yaml"
 # The demo's teacher, whatever the method: chosen so that the whole demo fits in 15 minutes on a
@@ -213,15 +214,11 @@ def _rel(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _fmt(v) -> str:
-    return "nan" if v is None or v != v else f"{v:.1f}"
-
-
 def format_table(rows: List[Dict]) -> str:
     head = f"{'model':<26}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'seconds':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        vals = "".join(f"{_fmt(r[m]):>7}" for m in METRICS)
+        vals = "".join(f"{format_ap(r[m]):>7}" for m in METRICS)
         iters = "" if r.get("iters") is None else str(r["iters"])
         secs = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
         lines.append(f"{r['model']:<26}{vals}{iters:>7}{secs:>9}")

@@ -20,7 +20,7 @@ HEADER = (
 )
 
 
-def _ap(v: Optional[float]) -> str:
+def format_ap(v: Optional[float]) -> str:
     """COCO AP as printed in the tables: one decimal, "nan" for a model without detections."""
     return "nan" if v is None or v != v else f"{v:.1f}"
 
@@ -48,8 +48,15 @@ def table_row(results: Dict) -> str:
     gain_str = "nan" if gain is None else f"{gain:+.1f}"
     name = os.path.basename(results["method"])
     teacher = f"{os.path.basename(t['config'])} ({t['iters']} it)"
-    cells = [f"`{name}`", teacher, _ap(t["AP"]), _ap(s["AP"]), _ap(d["AP"]), gain_str]
-    cells += [_ap(d["AP50"]), _ap(d["AP75"])]
+    cells = [
+        f"`{name}`",
+        teacher,
+        format_ap(t["AP"]),
+        format_ap(s["AP"]),
+        format_ap(d["AP"]),
+        gain_str,
+    ]
+    cells += [format_ap(d["AP50"]), format_ap(d["AP75"])]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -3,7 +3,8 @@
 # the student's architecture trained longer (<detector>_R18_long.yaml), teachers and plain students
 # cached under output/results/cache and shared between methods, then one Markdown table.
 #
-#   bash tools/shapes_results.sh            # all of them (about 3 h on a 2-core CPU)
+#   bash tools/shapes_results.sh            # all of them (the README runs: 2.95 h of one-thread
+#                                           # runs, two at a time on a 2-core CPU)
 #   bash tools/shapes_results.sh fcos gfl   # some detectors only
 #
 # Extra arguments for every demo run go in DEMO_ARGS, e.g. DEMO_ARGS="--device cpu".
