@@ -11,24 +11,61 @@ The usual Detectron2 flags apply (--resume, --num-machines, --machine-rank, --di
 
 import logging
 import os
+import weakref
 
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
 
 import d2kd  # noqa: F401  (registers d2kd's models and datasets)
 from d2kd.config import get_d2kd_cfg
 from d2kd.data import build_train_mapper
-from d2kd.engine import TeacherEvalHook, write_run_info
+from d2kd.engine import TeacherEvalHook, create_ddp_model, write_run_info
 from d2kd.evaluation import build_evaluator
 from d2kd.solver import build_optimizer
+from d2kd.utils.checkpoint import SafeCheckpointer
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose evaluator follows the dataset, and which can evaluate the teacher first."""
+    """
+    DefaultTrainer whose evaluator follows the dataset, and which can evaluate the teacher first.
+
+    ``__init__`` is DefaultTrainer's with two changes: DDP gets ``device_ids`` only for a CUDA
+    model (so ``--num-gpus N`` also runs on CPU, with gloo), and checkpoints are read by
+    :class:`SafeCheckpointer` (no code execution from ``MODEL.WEIGHTS`` or ``--resume``'s file).
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SafeCheckpointer(
+            model, cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS", trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -75,7 +112,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS").resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

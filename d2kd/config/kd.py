@@ -15,11 +15,17 @@ def add_kd_config(cfg: CN) -> None:
     _C.MODEL.KD.STUDENT_WEIGHTS = ""
 
     _C.MODEL.KD.TEACHER = CN()
-    # Detectron2/d2kd config file of the teacher (a stock detector config).
+    # Detectron2/d2kd config file of the teacher (a stock detector config): a path, a path relative
+    # to the d2kd checkout, or a Detectron2 model-zoo config name
+    # ("COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml"; the zoo configs ship with detectron2).
     _C.MODEL.KD.TEACHER.CONFIG_FILE = ""
-    # Checkpoint of the trained teacher. Loading is strict: any missing, unexpected or
-    # mis-shaped key raises an error that names the keys.
+    # Checkpoint of the trained teacher: any path Detectron2's checkpointer takes (local,
+    # detectron2://, https://, any PathManager prefix); .pth read with weights_only=True, .pkl
+    # through a restricted unpickler (no file can run code). Loading is strict: any missing,
+    # unexpected or mis-shaped key raises an error that names the keys.
     _C.MODEL.KD.TEACHER.WEIGHTS = ""
+    # Take the model zoo's trained weights of CONFIG_FILE (a zoo config name; WEIGHTS must be "").
+    _C.MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO = False
     # Extra "KEY VALUE" overrides applied to the teacher config after CONFIG_FILE.
     _C.MODEL.KD.TEACHER.OPTS = []
     # A teacher without weights is almost always a mistake; allow it only for tests/benchmarks.

@@ -19,6 +19,12 @@ def _git_commit(path: str) -> str:
         return "unknown"
 
 
+def _teacher_weights(cfg) -> str:
+    from d2kd.modeling.teacher import teacher_weights_path
+
+    return teacher_weights_path(cfg)  # the zoo URL under MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO
+
+
 def run_info(cfg) -> dict:
     """What a user needs to compare two runs: teacher, schedule, batch, lr, framework versions."""
     import detectron2
@@ -31,7 +37,7 @@ def run_info(cfg) -> dict:
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "student_meta_architecture": kd.STUDENT_META_ARCHITECTURE if distill else None,
         "teacher_config": kd.TEACHER.CONFIG_FILE if distill else None,
-        "teacher_weights": kd.TEACHER.WEIGHTS if distill else None,
+        "teacher_weights": _teacher_weights(cfg) if distill else None,
         "losses": dict(zip(kd.LOSSES, kd.LOSS_WEIGHTS)) if distill else {},
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "base_lr": cfg.SOLVER.BASE_LR,

@@ -14,12 +14,13 @@ import logging
 from typing import Any, Dict, List, Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..utils.checkpoint import SafeCheckpointer
+from ..utils.comm import reduce_mean
 from .inherit import inherit_teacher_weights
 from .losses import build_distill_losses
 from .record import DistillRecord
@@ -44,7 +45,9 @@ def build_student(cfg) -> nn.Module:
     scfg.MODEL.META_ARCHITECTURE = name
     student = META_ARCH_REGISTRY.get(name)(scfg).to(torch.device(cfg.MODEL.DEVICE))
     if cfg.MODEL.KD.STUDENT_WEIGHTS:
-        DetectionCheckpointer(student).load(cfg.MODEL.KD.STUDENT_WEIGHTS)
+        SafeCheckpointer(student, setting="MODEL.KD.STUDENT_WEIGHTS").load(
+            cfg.MODEL.KD.STUDENT_WEIGHTS
+        )
     return student
 
 
@@ -256,7 +259,9 @@ class DistillDetector(nn.Module):
             return
         task = float(sum(v.detach() for v in s_losses.values()))
         kd = float(sum(v.detach() for v in kd_losses.values()))
-        ratio = kd / max(task, 1e-12)
+        # Averaged over ranks (every rank runs this each step), so the logged ratio and the
+        # warning describe the whole batch, not rank 0's share.
+        ratio = float(reduce_mean(torch.tensor(kd / max(task, 1e-12), device=self.device)))
         if _current_iter() is not None:
             storage = get_event_storage()
             storage.put_scalar("kd/weight_factor", factor, smoothing_hint=False)

@@ -18,9 +18,13 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..utils.checkpoint import ReportingCheckpointer
+from ..utils.checkpoint import ReportingCheckpointer, describe_incompatible, local_weights_path
 
 __all__ = [
+    "resolve_config_path",
+    "zoo_config_path",
+    "zoo_weights_url",
+    "teacher_weights_path",
     "load_teacher_cfg",
     "build_teacher",
     "load_teacher_weights",
@@ -32,15 +36,71 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def resolve_config_path(path: str) -> str:
-    """``path`` as given, else relative to the d2kd checkout (so ``configs/...`` works anywhere)."""
+def resolve_config_path(path: str, setting: str = "MODEL.KD.TEACHER.CONFIG_FILE") -> str:
+    """
+    ``path`` as given, else relative to the d2kd checkout (so ``configs/...`` works anywhere), else
+    a Detectron2 model-zoo config name (``COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml``, shipped
+    inside the detectron2 package, so this works offline).
+    """
     if os.path.isfile(path):
         return path
     repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     candidate = os.path.join(repo_root, path)
     if not os.path.isabs(path) and os.path.isfile(candidate):
         return candidate
-    raise FileNotFoundError(f"MODEL.KD.TEACHER.CONFIG_FILE: no such file: {path}")
+    zoo = zoo_config_path(path)
+    if zoo:
+        return zoo
+    raise FileNotFoundError(
+        f"{setting}: no such file: {path} (looked for it as given, under {repo_root} and in "
+        "Detectron2's model zoo)"
+    )
+
+
+def zoo_config_path(name: str) -> str:
+    """The file of Detectron2 model-zoo config ``name`` inside the package, or "" if none."""
+    if os.path.isabs(name) or not name.endswith(".yaml"):
+        return ""
+    try:
+        from detectron2 import model_zoo
+
+        return model_zoo.get_config_file(name)
+    except RuntimeError:  # "<name> not available in Model Zoo!"
+        return ""
+
+
+def zoo_weights_url(cfg: CfgNode) -> str:
+    """
+    The URL of the trained model-zoo weights of ``MODEL.KD.TEACHER.CONFIG_FILE``, for
+    ``MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO`` (resolved only, nothing is downloaded here).
+    """
+    from detectron2 import model_zoo
+
+    kd = cfg.MODEL.KD.TEACHER
+    if kd.WEIGHTS:
+        raise ValueError(
+            f"MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO is set but MODEL.KD.TEACHER.WEIGHTS is "
+            f'"{kd.WEIGHTS}" too: set one of them (WEIGHTS "" to take the zoo\'s weights)'
+        )
+    if not zoo_config_path(kd.CONFIG_FILE):
+        raise ValueError(
+            f"MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO needs MODEL.KD.TEACHER.CONFIG_FILE to be a "
+            f'Detectron2 model-zoo config name (e.g. "COCO-Detection/retinanet_R_101_FPN_3x.yaml"), '
+            f'got "{kd.CONFIG_FILE}"'
+        )
+    try:
+        return model_zoo.get_checkpoint_url(kd.CONFIG_FILE)
+    except RuntimeError as e:
+        raise ValueError(
+            f"MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO: the model zoo has no trained weights for "
+            f"{kd.CONFIG_FILE} ({e})"
+        ) from None
+
+
+def teacher_weights_path(cfg: CfgNode) -> str:
+    """``MODEL.KD.TEACHER.WEIGHTS``, or the zoo URL under ``WEIGHTS_FROM_ZOO`` ("" for none)."""
+    kd = cfg.MODEL.KD.TEACHER
+    return zoo_weights_url(cfg) if kd.WEIGHTS_FROM_ZOO else kd.WEIGHTS
 
 
 def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
@@ -65,35 +125,42 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     return tcfg
 
 
+SETTING = "MODEL.KD.TEACHER.WEIGHTS"
+
+
+def _refuse_distillation_checkpoint(path: str, incompatible) -> None:
+    unexpected = list(incompatible.unexpected_keys) if incompatible is not None else []
+    if unexpected and any(k.startswith("student.") for k in unexpected):
+        raise ValueError(
+            f"{SETTING}: {path} is a d2kd distillation checkpoint (its keys start with 'student.'), "
+            "not a detector's own checkpoint. Write the student's weights first, then use that "
+            f"file as the teacher: python tools/extract_student.py {path} teacher.pth"
+        )
+
+
 def load_teacher_weights(teacher: nn.Module, path: str) -> None:
     """
-    Load ``path`` into ``teacher``, strictly.
+    Load ``path`` (any form Detectron2's checkpointer takes: local path, ``detectron2://``,
+    ``https://``, another PathManager prefix) into ``teacher``, strictly and without executing
+    code from the file.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError / OSError: the file does not exist or cannot be fetched.
+        UnsafeCheckpointError / BrokenCheckpointError: see :mod:`d2kd.utils.safe_load`.
         ValueError: some keys are missing, unexpected or of the wrong shape (all are named).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.KD.TEACHER.WEIGHTS: no such file: {path}")
-    checkpointer = ReportingCheckpointer(teacher)
+    local_weights_path(path, SETTING)
+    checkpointer = ReportingCheckpointer(teacher, setting=SETTING)
     checkpointer.load(path)
     incompatible = checkpointer.incompatible
-    problems = []
     if incompatible is None:
-        raise ValueError(f"teacher checkpoint {path} holds no model weights")
-    if incompatible.missing_keys:
-        problems.append(f"missing keys {sorted(incompatible.missing_keys)}")
-    if incompatible.unexpected_keys:
-        problems.append(f"unexpected keys {sorted(incompatible.unexpected_keys)}")
-    if incompatible.incorrect_shapes:
-        shapes = [
-            f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}"
-            for k, a, b in incompatible.incorrect_shapes
-        ]
-        problems.append(f"shape mismatches {shapes}")
+        raise ValueError(f"{SETTING}: teacher checkpoint {path} holds no model weights")
+    _refuse_distillation_checkpoint(path, incompatible)
+    problems = describe_incompatible(incompatible)
     if problems:
         raise ValueError(
-            f"teacher checkpoint {path} does not match the teacher config: " + "; ".join(problems)
+            f"{SETTING}: teacher checkpoint {path} does not match the teacher config: "
+            + "; ".join(problems)
         )
     logger.info(f"Loaded teacher weights from {path} (all keys matched)")
 
@@ -116,12 +183,15 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
     teacher = build_model(tcfg)
     kd = cfg.MODEL.KD.TEACHER
     if kd.LOAD_WEIGHTS:
-        if kd.WEIGHTS:
-            load_teacher_weights(teacher, kd.WEIGHTS)
+        weights = teacher_weights_path(cfg)
+        if weights:
+            load_teacher_weights(teacher, weights)
         elif not kd.ALLOW_RANDOM_INIT:
             raise ValueError(
                 "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "
-                "is almost certainly a mistake (set MODEL.KD.TEACHER.ALLOW_RANDOM_INIT True to allow it)"
+                "is almost certainly a mistake (name the weights, set "
+                "MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO True for a model-zoo CONFIG_FILE, or set "
+                "MODEL.KD.TEACHER.ALLOW_RANDOM_INIT True to allow it)"
             )
         else:
             logger.warning(

@@ -1,21 +1,224 @@
-"""Turning a distillation checkpoint into a plain student checkpoint."""
+"""
+Loading checkpoints safely, and turning a distillation checkpoint into a plain student checkpoint.
 
-from typing import Dict
+:class:`SafeCheckpointer` is Detectron2's :class:`DetectionCheckpointer` (same paths and URLs
+through PathManager, same model-zoo formats and key conversions) with every file read by
+:mod:`d2kd.utils.safe_load`: no weight file can execute code, and an unreadable file names the
+setting it came from. d2kd loads every checkpoint through it: the teacher
+(``MODEL.KD.TEACHER.WEIGHTS``), ``MODEL.KD.STUDENT_WEIGHTS``, ``MODEL.WEIGHTS`` (training
+initialisation and ``--eval-only``), ``--resume`` and ``tools/extract_student.py``.
+"""
+
+import os
+import re
+from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
-__all__ = ["ReportingCheckpointer", "extract_student_state", "extract_student_checkpoint"]
+from .safe_load import (
+    BrokenCheckpointError,
+    UnsafeCheckpointError,
+    restricted_pickle_load,
+    safe_torch_load,
+)
+
+__all__ = [
+    "SafeCheckpointer",
+    "ReportingCheckpointer",
+    "BrokenCheckpointError",
+    "UnsafeCheckpointError",
+    "local_weights_path",
+    "describe_incompatible",
+    "extract_student_state",
+    "extract_student_checkpoint",
+]
 
 
-class ReportingCheckpointer(DetectionCheckpointer):
+def local_weights_path(path: str, setting: str) -> str:
     """
-    A DetectionCheckpointer (same file formats and key conversions) that keeps the report of
-    missing / unexpected / mis-shaped keys in ``self.incompatible`` instead of only logging it,
-    so that a caller can refuse a partial load.
+    A local copy of ``path`` (a local path, ``detectron2://``, ``https://``, any PathManager
+    prefix; a ``?query`` is ignored), fetched through PathManager.
+
+    Raises:
+        FileNotFoundError / OSError naming ``setting`` and ``path``.
+    """
+    url = urlparse(path)._replace(query="").geturl() if "://" in path else path
+    try:
+        local = PathManager.get_local_path(url)
+    except Exception as e:
+        raise OSError(f"{setting}: cannot fetch {path}: {type(e).__name__}: {e}") from e
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"{setting}: no such file: {path}")
+    return local
+
+
+def _zoo_pickle_layout(data: Any, where: str) -> Dict[str, Any]:
+    """Detectron2's reading of a ``.pkl``: Detectron2-zoo dict, or Caffe2/Detectron1 blobs."""
+    if not isinstance(data, dict):
+        raise BrokenCheckpointError(f"{where} holds a {type(data).__name__}, not a dict of weights")
+    if "model" in data and "__author__" in data:
+        return data  # Detectron2 model-zoo format
+    if "blobs" in data:
+        data = data["blobs"]
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def _iteration_of(filename: str) -> int:
+    m = re.search(r"(\d+)\.pth$", filename)
+    return int(m.group(1)) if m else -1
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """
+    A :class:`DetectionCheckpointer` that never executes code from a file (see the module
+    docstring) and names ``setting`` (the config key or argument the path came from) in errors.
+
+    With ``resume``, the model must match the checkpoint exactly: a checkpoint written by a
+    different student architecture is refused with the keys named (instead of the optimizer's
+    param-group error), and an unreadable last checkpoint names the earlier ones on disk.
+    The last report of missing / unexpected / mis-shaped keys is kept in ``self.incompatible``.
     """
 
-    incompatible = None
+    def __init__(self, model, save_dir: str = "", *, setting: str = "MODEL.WEIGHTS", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.setting = setting
+        self.incompatible = None
+        self._source: Optional[str] = None
+        self._resuming = False
+
+    # ------------------------------------------------------------------------- loading
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        if path:
+            local_weights_path(path, self.setting)  # a clear error for a missing file or URL
+        self._source = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._source = None
+
+    def _where(self, filename: str) -> str:
+        src = self._source
+        return f"{self.setting}: {src or filename}"
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl"):
+            data = restricted_pickle_load(filename, self.setting, self._source)
+            if isinstance(data, dict) and "__author__" in data:
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return _zoo_pickle_layout(data, self._where(filename))
+        if filename.endswith(".pyth"):  # pycls, as Detectron2 reads it
+            data = self._torch_load(filename)
+            if not isinstance(data, dict) or "model_state" not in data:
+                raise BrokenCheckpointError(
+                    f"{self._where(filename)}: a .pyth (pycls) checkpoint must hold 'model_state'"
+                )
+            state = {
+                k: v
+                for k, v in data["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)  # -> self._torch_load, then Detectron2's URL queries
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        data = safe_torch_load(f, self.setting, self._source)
+        if not isinstance(data, dict):
+            raise BrokenCheckpointError(
+                f"{self._where(f)} holds a {type(data).__name__}, not a dict of weights"
+            )
+        return data
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        self.incompatible = incompatible
+        if self._resuming:
+            problems = describe_incompatible(incompatible)
+            if problems:
+                raise ValueError(
+                    f"{self.setting}: {self._source} was written by a different model than this "
+                    f"config builds ({'; '.join(problems)}): the student architecture (or the "
+                    "distillation losses) in the config differ from the run that wrote it. Resume "
+                    "with that run's config, or train into a new OUTPUT_DIR without --resume"
+                )
+        super()._log_incompatible_keys(incompatible)
+
+    # ------------------------------------------------------------------------- resuming
+    def _other_checkpoints(self, last: str) -> List[str]:
+        try:
+            files = self.get_all_checkpoint_files()
+        except Exception:  # an unlistable OUTPUT_DIR: nothing to suggest
+            return []
+        others = [f for f in files if os.path.basename(f) != os.path.basename(last)]
+        return sorted(others, key=lambda f: (_iteration_of(f), f), reverse=True)
+
+    def _earlier_checkpoints_hint(self, last: str) -> str:
+        marker = os.path.join(self.save_dir, "last_checkpoint")
+        others = self._other_checkpoints(last)
+        if not others:
+            return (
+                f"No other checkpoint exists in {self.save_dir}: train without --resume (or into "
+                "a new OUTPUT_DIR)"
+            )
+        names = ", ".join(os.path.basename(f) for f in others)
+        return (
+            f"Other checkpoints in {self.save_dir} (newest first): {names}; to resume from one, "
+            f"write its file name into {marker}"
+        )
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Detectron2's ``resume_or_load``, with ``--resume``'s errors naming what to do."""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        marker = os.path.join(self.save_dir, "last_checkpoint")
+        last = self.get_checkpoint_file()
+        setting, self.setting = self.setting, f"--resume ({marker} names this file)"
+        self._resuming = True
+        try:
+            if not last or not PathManager.isfile(last):
+                raise FileNotFoundError(
+                    f"--resume: {marker} names {last or 'nothing'}, which does not exist. "
+                    + self._earlier_checkpoints_hint(last)
+                )
+            return self.load(last)
+        except BrokenCheckpointError as e:
+            raise BrokenCheckpointError(f"{e}. {self._earlier_checkpoints_hint(last)}") from None
+        except ValueError as e:
+            if "parameter group" not in str(e):
+                raise
+            raise ValueError(
+                f"--resume: the optimizer state in {last} does not fit this model ({e}): the "
+                "student architecture or the distillation losses differ from the run that wrote it"
+            ) from None
+        finally:
+            self.setting, self._resuming = setting, False
+
+
+def describe_incompatible(incompatible) -> List[str]:
+    """Missing / unexpected / mis-shaped keys of a load report, one phrase each (none: [])."""
+    if incompatible is None:
+        return []
+    problems = []
+    if incompatible.missing_keys:
+        problems.append(f"missing keys {sorted(incompatible.missing_keys)}")
+    if incompatible.unexpected_keys:
+        problems.append(f"unexpected keys {sorted(incompatible.unexpected_keys)}")
+    if incompatible.incorrect_shapes:
+        shapes = [
+            f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}"
+            for k, a, b in incompatible.incorrect_shapes
+        ]
+        problems.append(f"shape mismatches {shapes}")
+    return problems
+
+
+class ReportingCheckpointer(SafeCheckpointer):
+    """
+    A :class:`SafeCheckpointer` that keeps the report of missing / unexpected / mis-shaped keys
+    in ``self.incompatible`` instead of logging it, so that a caller can refuse a partial load.
+    """
 
     def _log_incompatible_keys(self, incompatible) -> None:
         self.incompatible = incompatible
@@ -39,17 +242,21 @@ def extract_student_state(
     return out
 
 
-def extract_student_checkpoint(src: str, dst: str) -> int:
+def extract_student_checkpoint(src: str, dst: str, setting: str = "extract_student.py src") -> int:
     """
     Read the Detectron2 checkpoint ``src`` (``{"model": state, ...}``) of a DistillDetector and
     write ``dst`` holding only the student's weights, loadable by stock Detectron2 for the
-    student's own config. Training state (optimizer, scheduler, iteration) is dropped.
+    student's own config. Training state (optimizer, scheduler, iteration) is dropped. ``src``
+    is read with ``weights_only=True`` (any PathManager path or URL).
 
     Returns:
         the number of tensors written.
     """
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    local = local_weights_path(src, setting)
+    ckpt = safe_torch_load(local, setting, src)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    if not isinstance(state, dict):
+        raise BrokenCheckpointError(f"{setting}: {src} holds a {type(state).__name__}, not weights")
     student = extract_student_state(state)
     torch.save({"model": student, "__author__": "d2kd extract_student"}, dst)
     return len(student)

@@ -1,0 +1,192 @@
+"""
+Reading weight files without executing code (pure PyTorch + NumPy; no Detectron2).
+
+A ``.pth`` (PyTorch) file is read with ``torch.load(weights_only=True)``. A ``.pkl`` file (the
+Detectron2 / Caffe2 model-zoo format: a pickled dict of NumPy arrays) is read by
+:class:`RestrictedUnpickler`, which resolves only the globals such files need (NumPy's array and
+dtype reconstruction, ``collections.OrderedDict``, ``_codecs.encode`` for protocol-2 byte strings);
+any other global (``os.system``, ``builtins.eval``, a user class) is refused before anything runs.
+
+Every error names the setting the file came from (``MODEL.KD.TEACHER.WEIGHTS``, ``MODEL.WEIGHTS``,
+...), the file, and what went wrong; none repeats PyTorch's advice to load with
+``weights_only=False``.
+"""
+
+import os
+import pickle
+import re
+from typing import Any, BinaryIO, Optional
+
+import torch
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "BrokenCheckpointError",
+    "RestrictedUnpickler",
+    "restricted_pickle_load",
+    "safe_torch_load",
+    "safe_load_file",
+]
+
+# (module, name) a Detectron2/Caffe2 .pkl may reference. NumPy 1.x writes numpy.core.*, 2.x
+# numpy._core.*; both are mapped to whichever this NumPy has.
+_NUMPY_CORE = {"numpy.core.multiarray", "numpy._core.multiarray"}
+_NUMPY_CORE_NAMES = {"_reconstruct", "scalar"}
+_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol-2 pickles of bytes written by Python 3
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("builtins", "complex"),
+    ("__builtin__", "set"),  # Python 2 pickles (Caffe2 / Detectron1 zoo files)
+    ("__builtin__", "frozenset"),
+}
+_NUMPY_DTYPE_CLASSES = re.compile(r"^[A-Z][A-Za-z0-9]*DType$")  # numpy.dtypes.Float32DType, ...
+
+_WHAT_IS_ALLOWED = "NumPy arrays and dtypes, dicts, lists, tuples, strings and numbers"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A weight file references a global that a weight file never needs (it could run code)."""
+
+
+class BrokenCheckpointError(RuntimeError):
+    """A weight file cannot be read: empty, truncated, or not a checkpoint at all."""
+
+
+def _where(setting: str, filename: str, source: Optional[str]) -> str:
+    if source and source != filename:
+        return f"{setting}: {source} (local file {filename})"
+    return f"{setting}: {filename}"
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """
+    An Unpickler that resolves only what a model-zoo ``.pkl`` contains (see the module
+    docstring) and no persistent ids. ``setting`` and ``filename`` name the file in errors.
+    """
+
+    def __init__(self, file: BinaryIO, setting: str, filename: str, source: Optional[str] = None):
+        super().__init__(file, encoding="latin1")
+        self._where = _where(setting, filename, source)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _NUMPY_CORE and name in _NUMPY_CORE_NAMES:
+            import numpy
+
+            core = getattr(numpy, "_core", None) or numpy.core
+            return getattr(core.multiarray, name)
+        if (module, name) in _ALLOWED or (
+            module == "numpy.dtypes" and _NUMPY_DTYPE_CLASSES.match(name)
+        ):
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"{self._where} refused: the file asks to load the class/function '{module}.{name}', "
+            f"which a weight file never needs (loading it could run code). d2kd reads .pkl weight "
+            f"files with a restricted unpickler that admits only {_WHAT_IS_ALLOWED}"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError(
+            f"{self._where} refused: the file uses pickle persistent ids ({str(pid)[:60]!r}), "
+            f"which a Detectron2/Caffe2 .pkl never does; a PyTorch checkpoint should end in .pth"
+        )
+
+
+def _broken(
+    setting: str, filename: str, source: Optional[str], reason: str
+) -> BrokenCheckpointError:
+    return BrokenCheckpointError(
+        f"{_where(setting, filename, source)} cannot be read: {reason}. The file is damaged or "
+        "is not a checkpoint (an interrupted download or copy leaves a truncated file: fetch or "
+        "write it again)"
+    )
+
+
+def _size_reason(filename: str) -> Optional[str]:
+    try:
+        size = os.path.getsize(filename)
+    except OSError:
+        return None
+    return "the file is empty (0 bytes)" if size == 0 else None
+
+
+def restricted_pickle_load(
+    filename: str, setting: str, source: Optional[str] = None, fileobj: Optional[BinaryIO] = None
+) -> Any:
+    """
+    Unpickle a Detectron2/Caffe2 ``.pkl`` with :class:`RestrictedUnpickler`.
+
+    Args:
+        filename: local path (opened unless ``fileobj`` is given).
+        setting: the config key / argument the file came from (for errors).
+        source: the path or URL as the user gave it, when it differs from ``filename``.
+    Raises:
+        UnsafeCheckpointError, BrokenCheckpointError.
+    """
+    empty = _size_reason(filename) if fileobj is None else None
+    if empty:
+        raise _broken(setting, filename, source, empty)
+    f = fileobj if fileobj is not None else open(filename, "rb")
+    try:
+        return RestrictedUnpickler(f, setting, filename, source).load()
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # random bytes fail in any of many ways; all mean "not a pickle"
+        reason = (
+            "it ends too early (truncated)"
+            if isinstance(e, EOFError)
+            else str(e) or type(e).__name__
+        )
+        raise _broken(setting, filename, source, f"not a valid pickle ({reason})") from None
+    finally:
+        if fileobj is None:
+            f.close()
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -> Any:
+    """
+    ``torch.load(filename, map_location="cpu", weights_only=True)`` with d2kd's errors.
+
+    Raises:
+        UnsafeCheckpointError: the file references a global outside PyTorch's weights-only list.
+        BrokenCheckpointError: empty, truncated or not a PyTorch file.
+    """
+    empty = _size_reason(filename)
+    if empty:
+        raise _broken(setting, filename, source, empty)
+    try:
+        return torch.load(filename, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        m = _GLOBAL.search(msg)
+        if m:
+            raise UnsafeCheckpointError(
+                f"{_where(setting, filename, source)} refused: the file asks to load "
+                f"'{m.group(1)}', which is not a tensor, container or number (loading it could "
+                "run code). d2kd reads .pth files with torch.load(weights_only=True) only"
+            ) from None
+        first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+        if "weights_only" in first or "Weights only" in first:
+            first = "unreadable pickle data"
+        raise _broken(setting, filename, source, f"not a PyTorch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "central directory" in msg or isinstance(e, EOFError):
+            msg = "it ends too early (truncated: the zip archive PyTorch writes has no end record)"
+        raise _broken(setting, filename, source, msg) from None
+
+
+def safe_load_file(filename: str, setting: str, source: Optional[str] = None) -> Any:
+    """A ``.pkl`` through :func:`restricted_pickle_load`, anything else through :func:`safe_torch_load`."""
+    if filename.endswith(".pkl"):
+        return restricted_pickle_load(filename, setting, source)
+    return safe_torch_load(filename, setting, source)
