@@ -13,7 +13,12 @@ __all__ = [
     "num_classes_of",
     "check_same_num_classes",
     "check_same_strides",
+    "check_dense_detector",
 ]
+
+# What a dense (one-stage) detector offers that head-based losses read.
+DENSE_HEAD_ATTRS = ("head", "head_in_features", "anchor_generator")
+FEATURE_ONLY_LOSSES = "FeatureMSELoss, FGDLoss"
 
 
 def feature_shapes(
@@ -60,17 +65,36 @@ def paired_feature_shapes(
     return s_shapes, t_shapes
 
 
-def num_classes_of(model: nn.Module) -> int:
-    """The number of foreground classes of a detector (``num_classes`` attribute)."""
+def check_dense_detector(model: nn.Module, which: str, loss: str) -> None:
+    """
+    Raise a ValueError naming ``loss`` and what is missing when ``model`` (the "teacher" or the
+    "student") is not a dense detector, e.g. a two-stage GeneralizedRCNN (Faster R-CNN), whose
+    predictions come from an RPN and per-proposal ROI heads rather than one head on every level.
+    """
+    missing = [a for a in DENSE_HEAD_ATTRS if not hasattr(model, a)]
+    if not missing:
+        return
+    kind = " (a two-stage detector)" if hasattr(model, "roi_heads") else ""
+    raise ValueError(
+        f"{loss} reads a dense (one-stage) detector's head on every FPN level, but the {which} "
+        f"({type(model).__name__}{kind}) has no {', '.join(missing)}. Use a dense detector "
+        f"(RetinaNet, FCOS, ATSS, GFL) as the {which}; two-stage models work with the losses "
+        f"that need only FPN features and ground truth ({FEATURE_ONLY_LOSSES})"
+    )
+
+
+def num_classes_of(model: nn.Module, which: str = "model", loss: str = "this loss") -> int:
+    """The number of foreground classes of a dense detector (``num_classes`` attribute)."""
     n = getattr(model, "num_classes", None)
     if n is None:
+        check_dense_detector(model, which, loss)
         raise TypeError(f"{type(model).__name__} has no num_classes attribute")
     return int(n)
 
 
 def check_same_num_classes(student: nn.Module, teacher: nn.Module, loss: str) -> int:
     """Raise a ValueError naming ``loss`` when teacher and student predict different classes."""
-    s, t = num_classes_of(student), num_classes_of(teacher)
+    s, t = num_classes_of(student, "student", loss), num_classes_of(teacher, "teacher", loss)
     if s != t:
         raise ValueError(
             f"{loss} needs teacher and student to predict the same classes, but the teacher has "
@@ -79,15 +103,16 @@ def check_same_num_classes(student: nn.Module, teacher: nn.Module, loss: str) ->
     return s
 
 
-def head_strides(model: nn.Module) -> List[int]:
+def head_strides(model: nn.Module, which: str = "model", loss: str = "this loss") -> List[int]:
     """Strides of the feature levels a dense detector's head reads."""
+    check_dense_detector(model, which, loss)
     shapes = model.backbone.output_shape()
     return [shapes[f].stride for f in model.head_in_features]
 
 
 def check_same_strides(student: nn.Module, teacher: nn.Module, loss: str) -> List[int]:
     """Raise a ValueError naming ``loss`` when the heads read levels of different strides."""
-    s, t = head_strides(student), head_strides(teacher)
+    s, t = head_strides(student, "student", loss), head_strides(teacher, "teacher", loss)
     if s != t:
         raise ValueError(
             f"{loss} needs the same head levels in teacher and student, but the teacher's strides "

@@ -147,6 +147,21 @@ def restricted_pickle_load(
             f.close()
 
 
+def _numpy_globals() -> list:
+    """What a .pth holding NumPy arrays (some converted checkpoints do) needs beyond tensors."""
+    import numpy
+
+    core = getattr(numpy, "_core", None) or numpy.core
+    dtypes = [type(numpy.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")]
+    return [
+        core.multiarray._reconstruct,
+        core.multiarray.scalar,
+        numpy.ndarray,
+        numpy.dtype,
+        *dtypes,
+    ]
+
+
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
@@ -162,7 +177,8 @@ def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -
     if empty:
         raise _broken(setting, filename, source, empty)
     try:
-        return torch.load(filename, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = _GLOBAL.search(msg)
