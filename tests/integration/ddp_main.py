@@ -1,9 +1,9 @@
 """
 ``train_net.py`` as the multi-process test runs it: the same ``invoke_main()`` (Detectron2's
-``launch``), plus, in every rank, the trained model's parameters written to
-``OUTPUT_DIR/rank<r>.pth`` (parameters only: BatchNorm running statistics are per rank, as
-Detectron2 builds DDP with ``broadcast_buffers=False``) so that the test can compare the ranks. The shapes datasets named
-``ddp_train`` / ``ddp_val`` are registered from ``$D2KD_DDP_SHAPES`` (already generated).
+``launch``), plus, in every rank, the trained parameters written to ``OUTPUT_DIR/rank<r>.pth``
+(parameters only: BatchNorm running statistics are per rank, as Detectron2 builds DDP with
+``broadcast_buffers=False``) so that the test can compare the ranks. The shapes dataset
+``ddp_train`` is registered from ``$D2KD_DDP_SHAPES`` (already generated).
 
     python tests/integration/ddp_main.py --num-gpus 2 --config-file CONFIG ...
 """

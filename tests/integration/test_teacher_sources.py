@@ -3,24 +3,17 @@ Teachers from anywhere Detectron2 loads: URLs and ``detectron2://`` (served here
 handler the test registers: no network), model-zoo config names, the zoo's trained weights.
 """
 
-import os
-import pickle
-
 import pytest
 
 pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
 
 import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.file_io import PathManager  # noqa: E402
-from iopath.common.file_io import PathHandler  # noqa: E402
 
 from d2kd.modeling.teacher import zoo_weights_url  # noqa: E402
 
-from tests.integration.common import tiny_cfg  # noqa: E402
+from tests.integration.common import ZOO_URL, tiny_cfg, zoo_mirror  # noqa: E402
 
-ZOO_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 KD = "shapes/kd/mse_retinanet_R18long_to_R18.yaml"
 TINY = [
     "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1,
@@ -34,41 +27,11 @@ ZOO_TINY = [
 ]  # fmt: skip
 
 
-class LocalMirror(PathHandler):
-    """Serves ``<prefix><name>`` from ``root/<name>`` and records what was asked."""
-
-    def __init__(self, prefix, root):
-        super().__init__()
-        self.prefix, self.root, self.asked = prefix, root, []
-
-    def _get_supported_prefixes(self):
-        return [self.prefix]
-
-    def _local(self, path):
-        self.asked.append(path)
-        return os.path.join(self.root, path[len(self.prefix) :])
-
-    def _get_local_path(self, path, **kwargs):
-        return self._local(path)
-
-    def _isfile(self, path, **kwargs):
-        return os.path.isfile(self._local(path))
-
-    def _exists(self, path, **kwargs):
-        return os.path.exists(self._local(path))
-
-    def _open(self, path, mode="r", **kwargs):
-        return open(self._local(path), mode)
-
-
 @pytest.fixture
 def mirror(tmp_path):
     """A handler for the Detectron2 model-zoo URL prefix (``detectron2://`` resolves to it)."""
-    saved = PathManager._path_handlers.copy()
-    handler = LocalMirror(ZOO_URL, str(tmp_path / "mirror"))
-    PathManager.register_handler(handler, allow_override=True)
-    yield handler
-    PathManager._path_handlers = saved
+    with zoo_mirror(str(tmp_path / "mirror")) as handler:
+        yield handler
 
 
 def _kd_cfg(teacher_config=None, teacher_opts=TINY, **kd):
@@ -82,15 +45,7 @@ def _kd_cfg(teacher_config=None, teacher_opts=TINY, **kd):
 
 def _publish(model, mirror, name):
     """Write ``model``'s weights as ``name`` under the mirror (.pth, or a zoo-format .pkl)."""
-    path = os.path.join(mirror.root, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if name.endswith(".pkl"):
-        state = {k: v.numpy() for k, v in model.state_dict().items()}
-        with open(path, "wb") as f:
-            pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f, protocol=2)
-    else:
-        DetectionCheckpointer(model, save_dir=os.path.dirname(path)).save(name[:-4].split("/")[-1])
-    return path
+    return mirror.publish(ZOO_URL + name, model.state_dict())
 
 
 def _same_weights(a, b):
