@@ -22,6 +22,7 @@ from .safe_load import (
     BrokenCheckpointError,
     UnsafeCheckpointError,
     restricted_pickle_load,
+    safe_load_file,
     safe_torch_load,
 )
 
@@ -247,13 +248,13 @@ def extract_student_checkpoint(src: str, dst: str, setting: str = "extract_stude
     Read the Detectron2 checkpoint ``src`` (``{"model": state, ...}``) of a DistillDetector and
     write ``dst`` holding only the student's weights, loadable by stock Detectron2 for the
     student's own config. Training state (optimizer, scheduler, iteration) is dropped. ``src``
-    is read with ``weights_only=True`` (any PathManager path or URL).
+    (any PathManager path or URL) is read without code execution (:func:`safe_load_file`).
 
     Returns:
         the number of tensors written.
     """
     local = local_weights_path(src, setting)
-    ckpt = safe_torch_load(local, setting, src)
+    ckpt = safe_load_file(local, setting, src)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     if not isinstance(state, dict):
         raise BrokenCheckpointError(f"{setting}: {src} holds a {type(state).__name__}, not weights")

@@ -13,6 +13,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from d2kd.config import get_d2kd_cfg  # noqa: E402
 from d2kd.modeling.losses import DISTILL_LOSS_REGISTRY  # noqa: E402
+from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
 
 from tests.integration.common import REPO, config_path  # noqa: E402
 
@@ -35,12 +36,20 @@ def test_kd_config_merges_and_names_its_parts(path):
     cfg = _merge(path)
     kd = cfg.MODEL.KD
     assert cfg.MODEL.META_ARCHITECTURE == "DistillDetector"
-    assert kd.INHERIT.ENABLED, "PGD and FGD configs inherit the teacher's neck and head"
     assert all(name in DISTILL_LOSS_REGISTRY for name in kd.LOSSES)
     assert len(kd.LOSSES) == len(kd.LOSS_WEIGHTS)
-    assert len(kd.PGD.LEVEL_WEIGHTS) == len(kd.FGD.KEYS) == 5
-    teacher = _merge(os.path.join(REPO, kd.TEACHER.CONFIG_FILE))
-    assert teacher.MODEL.META_ARCHITECTURE == kd.STUDENT_META_ARCHITECTURE
+    teacher = _merge(resolve_config_path(kd.TEACHER.CONFIG_FILE))
+    two_stage = "GeneralizedRCNN" in (kd.STUDENT_META_ARCHITECTURE, teacher.MODEL.META_ARCHITECTURE)
+    if teacher.MODEL.META_ARCHITECTURE != kd.STUDENT_META_ARCHITECTURE:
+        # Across architectures (Faster R-CNN -> RetinaNet): FGD on the levels both FPNs share.
+        assert not kd.INHERIT.ENABLED and kd.LOSSES == ["FGDLoss"]
+        assert list(kd.FGD.KEYS) == ["p3", "p4", "p5"]
+        return
+    assert kd.INHERIT.ENABLED, "PGD and FGD configs inherit the teacher's neck and head"
+    if two_stage:  # FGD's two-stage levels: P2-P5
+        assert kd.LOSSES == ["FGDLoss"] and list(kd.FGD.KEYS) == ["p2", "p3", "p4", "p5"]
+    else:
+        assert len(kd.PGD.LEVEL_WEIGHTS) == len(kd.FGD.KEYS) == 5
 
 
 def test_pgd_coco_configs_carry_the_rescaled_reference_weights():
