@@ -90,6 +90,7 @@ def kd_cfg(config_file: str, device: str):
     kd.OPTS = list(kd.OPTS) + ["MODEL.DEVICE", device]
     if not (kd.WEIGHTS and os.path.isfile(kd.WEIGHTS)):
         kd.WEIGHTS = ""
+        kd.WEIGHTS_FROM_ZOO = False  # step cost does not depend on the weights: never download
         kd.ALLOW_RANDOM_INIT = True
     cfg.DATALOADER.NUM_WORKERS = 0
     return cfg

@@ -51,3 +51,32 @@ def test_two_cpu_processes_distil_in_sync(tmp_path):
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     assert metrics[-1]["iteration"] == 2 and "kd/ratio_to_task" in metrics[-1]
     assert "loss_kd_mse_p3" in metrics[-1]
+
+
+def test_kd_ratio_is_reduced_over_ranks_before_logging(monkeypatch, tmp_path):
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    import d2kd.modeling.distill_detector as dd
+
+    from tests.integration.common import make_batch, tiny_cfg, tiny_shapes
+
+    seen = []
+
+    def fake_reduce_mean(t):  # what the other rank would contribute: a ratio of 3.0
+        seen.append(float(t))
+        return (t + 3.0) / 2
+
+    monkeypatch.setattr(dd, "reduce_mean", fake_reduce_mean)
+    tiny = ["MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1]
+    small = [*tiny, "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64]
+    cfg = tiny_cfg(
+        "shapes/kd/mse_retinanet_R18long_to_R18.yaml",
+        [*small, "MODEL.KD.TEACHER.OPTS", ["MODEL.DEVICE", "cpu", *tiny]],
+    )
+    model = build_model(cfg).train()
+    batch = make_batch(cfg, tiny_shapes(str(tmp_path / "d"), n=2))
+    with EventStorage(0) as storage:
+        model(batch)
+        logged = storage.latest()["kd/ratio_to_task"][0]
+    assert len(seen) == 1 and logged == pytest.approx((seen[0] + 3.0) / 2)
