@@ -46,7 +46,7 @@ def local_weights_path(path: str, setting: str) -> str:
     Raises:
         FileNotFoundError / OSError naming ``setting`` and ``path``.
     """
-    url = urlparse(path)._replace(query="").geturl() if "://" in path else path
+    url = urlparse(path)._replace(query="").geturl()  # as DetectionCheckpointer.load does
     try:
         local = PathManager.get_local_path(url)
     except Exception as e:
@@ -68,9 +68,10 @@ def _zoo_pickle_layout(data: Any, where: str) -> Dict[str, Any]:
     return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
 
-def _iteration_of(filename: str) -> int:
+def _age_key(filename: str):
+    """Sort key, oldest first: ``model_<iter>.pth`` by iteration, then ``model_final.pth``."""
     m = re.search(r"(\d+)\.pth$", filename)
-    return int(m.group(1)) if m else -1
+    return (os.path.basename(filename) == "model_final.pth", int(m.group(1)) if m else -1, filename)
 
 
 class SafeCheckpointer(DetectionCheckpointer):
@@ -153,7 +154,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         except Exception:  # an unlistable OUTPUT_DIR: nothing to suggest
             return []
         others = [f for f in files if os.path.basename(f) != os.path.basename(last)]
-        return sorted(others, key=lambda f: (_iteration_of(f), f), reverse=True)
+        return sorted(others, key=_age_key, reverse=True)
 
     def _earlier_checkpoints_hint(self, last: str) -> str:
         marker = os.path.join(self.save_dir, "last_checkpoint")

@@ -20,6 +20,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from d2kd.data import register_shapes  # noqa: E402
 from d2kd.modeling.teacher import load_teacher_weights  # noqa: E402
+from d2kd.utils.checkpoint import SafeCheckpointer  # noqa: E402
 from d2kd.utils.safe_load import BrokenCheckpointError, UnsafeCheckpointError  # noqa: E402
 
 import train_net  # noqa: E402
@@ -188,6 +189,16 @@ def test_resume_errors_name_the_earlier_checkpoint_and_the_architecture(datasets
     ):
         other.resume_or_load(resume=True)
 
+    # last_checkpoint naming a file that is not there: the other checkpoints are listed.
+    marker = os.path.join(out, "last_checkpoint")
+    open(marker, "w").write("model_0000099.pth")
+    trainer = train_net.Trainer(train_net.setup(_args(resume)))
+    with pytest.raises(
+        FileNotFoundError, match=r"names .*model_0000099.pth.*model_final.pth, model_0000001"
+    ):
+        trainer.resume_or_load(resume=True)
+    open(marker, "w").write("model_final.pth")
+
     # A truncated last checkpoint: the message names the file and the earlier checkpoints.
     final = os.path.join(out, "model_final.pth")
     data = open(final, "rb").read()
@@ -198,3 +209,15 @@ def test_resume_errors_name_the_earlier_checkpoint_and_the_architecture(datasets
     msg = str(e.value)
     assert "last_checkpoint" in msg and "model_final.pth" in msg and "truncated" in msg
     assert "model_0000001.pth, model_0000000.pth" in msg and "weights_only" not in msg
+
+
+def test_a_query_after_a_local_path_is_accepted(tmp_path):
+    """Detectron2's ``path?matching_heuristics=True`` form works for local files too."""
+    model = build_model(tiny_cfg("shapes/retinanet_R18.yaml", TINY))
+    path = str(tmp_path / "w.pth")
+    torch.save({"model": model.state_dict()}, path)
+    other = build_model(tiny_cfg("shapes/retinanet_R18.yaml", TINY))
+    ckpt = SafeCheckpointer(other, setting="MODEL.KD.STUDENT_WEIGHTS")
+    ckpt.load(path + "?matching_heuristics=True")
+    assert not ckpt.incompatible.missing_keys
+    assert torch.equal(other.head.cls_score.weight, model.head.cls_score.weight)
