@@ -18,7 +18,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..utils.checkpoint import ReportingCheckpointer, describe_incompatible, local_weights_path
+from ..utils.checkpoint import ReportingCheckpointer, describe_incompatible
 
 __all__ = [
     "resolve_config_path",
@@ -149,8 +149,7 @@ def load_teacher_weights(teacher: nn.Module, path: str) -> None:
         UnsafeCheckpointError / BrokenCheckpointError: see :mod:`d2kd.utils.safe_load`.
         ValueError: some keys are missing, unexpected or of the wrong shape (all are named).
     """
-    local_weights_path(path, SETTING)
-    checkpointer = ReportingCheckpointer(teacher, setting=SETTING)
+    checkpointer = ReportingCheckpointer(teacher, setting=SETTING)  # checks existence first
     checkpointer.load(path)
     incompatible = checkpointer.incompatible
     if incompatible is None:
