@@ -24,8 +24,8 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 import d2kd  # noqa: E402,F401  (registration)
 from d2kd.config import get_d2kd_cfg  # noqa: E402
-from d2kd.modeling.masks.gt_box import GTBoxMaskGenerator  # noqa: E402
-from d2kd.modeling.masks.pgw import PGWMaskGenerator  # noqa: E402
+from d2kd.methods.fgd.mask import GTBoxMaskGenerator  # noqa: E402
+from d2kd.methods.pgd.mask import PGWMaskGenerator  # noqa: E402
 from d2kd.modeling.record import DistillRecord  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from d2kd.data.odgt import OdgtImage, image_sizes, is_ignore, read_odgt
-from d2kd.layers.crowdhuman_metrics import CrowdHumanImage, evaluate_crowdhuman
+from d2kd.evaluation.crowdhuman_metrics import CrowdHumanImage, evaluate_crowdhuman
 
 __all__ = ["CrowdHumanEvaluator"]
 
@@ -32,7 +32,7 @@ def _gt_arrays(im: OdgtImage) -> Tuple[np.ndarray, np.ndarray]:
 class CrowdHumanEvaluator(DatasetEvaluator):
     """
     Full-body AP, MR^-2 and JI on a dataset registered by :func:`d2kd.data.register_crowdhuman`,
-    computed as the CrowdDet toolkit (used by PGD) does, by :mod:`d2kd.layers.crowdhuman_metrics`.
+    computed as the CrowdDet toolkit (used by PGD) does, by :mod:`d2kd.evaluation.crowdhuman_metrics`.
 
     Ground truth comes from the dataset's odgt file (all three metrics, as MMDetection 3.x does;
     CrowdDet/PGD take JI's gt from their detection dump). Every odgt image counts: one without

@@ -17,9 +17,9 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
-from d2kd.layers.kd_kl import kl_div_with_temperature  # noqa: E402
-from d2kd.layers.vlr import vlr_region  # noqa: E402
-from d2kd.modeling.losses.ld import LDLoss  # noqa: E402
+from d2kd.methods.ld.kd_kl import kl_div_with_temperature  # noqa: E402
+from d2kd.methods.ld.loss import LDLoss  # noqa: E402
+from d2kd.methods.ld.vlr import vlr_region  # noqa: E402
 from d2kd.modeling.record import DistillRecord  # noqa: E402
 
 from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
