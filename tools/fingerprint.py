@@ -11,11 +11,13 @@ For every config under ``configs/shapes/`` and ``configs/shapes/kd/`` (plus the 
 
 - ``state``: SHA-256 of the model's initial state dict (names, dtypes, shapes and bytes, sorted
   by name); for distillation configs also ``student``, ``teacher`` (built, kept outside the module
-  tree) and ``losses`` (the distillation losses' own parameters) separately;
+  tree) and ``losses`` (the distillation losses' own parameters) separately, the latter also
+  without parameter names (``losses_unnamed``: a renamed loss keeps its values);
 - ``loss``: every loss term (detection and ``loss_kd_*``) of one training forward on one fixed
   batch (the first ``--images`` images of a shapes split written with seed 0, mapped by the
   config's train mapper with Python/NumPy/torch seeded to 0), as ``float.hex`` (bit-exact);
-- ``grad``: SHA-256 of the gradients of the summed loss with respect to every trainable parameter.
+- ``grad``: SHA-256 of the gradients of the summed loss with respect to every trainable parameter
+  (for distillation configs also ``grad_student`` and, without names, ``grad_losses_unnamed``).
 
 ``--compare OLD.json`` prints every config and value that differs and exits 1 if any does.
 Runs in about two minutes on 2 CPU cores; launch it through ``/work/locks/train.sh`` where the
@@ -40,24 +42,42 @@ sys.path.insert(0, REPO)
 
 # Named variants of a base config: (config file, extra opts). These switch on parts of a method
 # that no shapes config enables by itself, so that their losses are fingerprinted too. When a
-# refactor renames a config key, update the opts here and keep the variant name.
+# refactor renames config keys, the variant keeps its name and gets the new spelling (both
+# spellings are known here, so that a tree from before and one from after can be compared).
 VARIANTS: Dict[str, tuple] = {}
 
 
-def _register_variants() -> None:
-    det = "configs/shapes/kd/detrdistill_deformable_detr_R50_to_R18.yaml"
+def _detrdistill_variants(old_spelling: bool) -> Dict[str, List]:
+    """DETRDistill's components alone and all four: before issue 14 one loss with ENABLED flags
+    (contrast weight 0.2 inside the loss), after it four losses composed in MODEL.KD.LOSSES."""
+    parts = ("LOGITS", "FEAT", "QUERY_PRIOR", "CONTRAST")
+    names = dict(zip(parts, ("DETRLogitsDistillLoss", "DETRFeatureDistillLoss",
+                             "DETRQueryPriorLoss", "DETRQueryContrastLoss")))  # fmt: skip
+    weights = {"LOGITS": 1.0, "FEAT": 1.0, "QUERY_PRIOR": 1.0, "CONTRAST": 0.2}
     d = "MODEL.KD.DETRDISTILL."
-    off = {n: False for n in ("LOGITS", "FEAT", "QUERY_PRIOR", "CONTRAST")}
 
-    def only(*names):
-        flags = dict(off, **{n: True for n in names})
-        return [x for n, on in flags.items() for x in (d + n + ".ENABLED", on)]
+    def only(*chosen):
+        if old_spelling:
+            return [x for n in parts for x in (d + n + ".ENABLED", n in chosen)]
+        return ["MODEL.KD.LOSSES", [names[n] for n in chosen],
+                "MODEL.KD.LOSS_WEIGHTS", [weights[n] for n in chosen]]  # fmt: skip
 
-    VARIANTS["detrdistill:logits_only"] = (det, only("LOGITS"))
-    VARIANTS["detrdistill:feat_only"] = (det, only("FEAT"))
-    VARIANTS["detrdistill:query_prior_only"] = (det, only("QUERY_PRIOR"))
-    VARIANTS["detrdistill:contrast_only"] = (det, only("CONTRAST"))
-    VARIANTS["detrdistill:all_four"] = (det, only("LOGITS", "FEAT", "QUERY_PRIOR", "CONTRAST"))
+    return {
+        "detrdistill:logits_only": only("LOGITS"),
+        "detrdistill:feat_only": only("FEAT"),
+        "detrdistill:query_prior_only": only("QUERY_PRIOR"),
+        "detrdistill:contrast_only": only("CONTRAST"),
+        "detrdistill:all_four": only(*parts),
+    }
+
+
+def _register_variants() -> None:
+    from d2kd.config import get_d2kd_cfg
+
+    det = "configs/shapes/kd/detrdistill_deformable_detr_R50_to_R18.yaml"
+    old_spelling = "ENABLED" in get_d2kd_cfg().MODEL.KD.DETRDISTILL.LOGITS
+    for name, opts in _detrdistill_variants(old_spelling).items():
+        VARIANTS[name] = (det, opts)
 
 
 def _digest(named) -> str:
@@ -69,6 +89,12 @@ def _digest(named) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _unnamed_digest(tensors) -> str:
+    """SHA-256 of the sorted per-tensor digests: the same values under other names match."""
+    parts = sorted(_digest([("", t)]) for t in tensors)
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def _cfg(config_file: str, opts: List):
@@ -116,6 +142,8 @@ def fingerprint_one(config_file: str, opts: List, dicts) -> dict:
         out["student"] = _digest(model.student.state_dict().items())
         out["teacher"] = _digest(model.teacher.state_dict().items())
         out["losses"] = _digest(model.losses.state_dict().items())
+        # The same values without their names (a loss renamed keeps its parameters' values).
+        out["losses_unnamed"] = _unnamed_digest(model.losses.state_dict().values())
     batch = _batch(cfg, dicts)
     model.train()
     _seed_all(0)
@@ -125,6 +153,13 @@ def fingerprint_one(config_file: str, opts: List, dicts) -> dict:
     sum(losses.values()).backward()
     grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
     out["grad"] = _digest(grads)
+    if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":
+        out["grad_losses_unnamed"] = _unnamed_digest(
+            p.grad for p in model.losses.parameters() if p.grad is not None
+        )
+        out["grad_student"] = _digest(
+            (n, p.grad) for n, p in model.student.named_parameters() if p.grad is not None
+        )
     return out
 
 
@@ -163,10 +198,11 @@ def compare(new: dict, old: dict) -> int:
             else:
                 n_same += 1
     n_loss = sum(len(v["loss"]) for v in new.values())
-    n_state = sum(len(v) - 2 for v in new.values())
+    n_grad = sum(len([k for k in v if k.startswith("grad")]) for v in new.values())
+    n_state = sum(len(v) - 1 for v in new.values()) - n_grad
     print(
         f"compared {len(new)} configs: {n_state} state-dict checksums, {n_loss} loss values, "
-        f"{len(new)} gradient checksums; {n_same} identical, {n_diff} different"
+        f"{n_grad} gradient checksums; {n_same} identical, {n_diff} different"
     )
     return n_diff
 
