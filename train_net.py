@@ -28,7 +28,8 @@ from d2kd.solver import build_optimizer
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose evaluator follows the dataset, and which can evaluate the teacher first."""
+    """DefaultTrainer whose evaluator follows the dataset, and which can evaluate the
+    teacher first."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -107,7 +107,8 @@ def main(argv=None) -> None:
     t_fgd = median_ms(lambda: fgd(record, level_shapes, strides), args.iters, device)
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(
-        f"{type(model).__name__}: {n} images {h}x{w}, {priors} priors/image, {args.boxes} boxes/image"
+        f"{type(model).__name__}: {n} images {h}x{w}, {priors} priors/image, {args.boxes} "
+        "boxes/image"
     )
     print(f"device: {where}")
     print(f"PGWMaskGenerator.compute: {t_pgw:.1f} ms  (median of {args.iters})")

@@ -178,10 +178,11 @@ def all_configs() -> Dict[str, tuple]:
     return configs
 
 
-def compare(new: dict, old: dict) -> int:
-    """Print the differences; return how many values differ (missing configs count)."""
+def compare(new: dict, old: dict, subset: bool = False) -> int:
+    """Print the differences; return how many values differ (missing configs count, except those
+    missing from ``new`` when it is a ``subset``)."""
     n_diff = n_same = 0
-    for name in sorted(set(old) | set(new)):
+    for name in sorted((set() if subset else set(old)) | set(new)):
         if name not in old or name not in new:
             print(f"{name}: only in {'new' if name in new else 'old'}")
             n_diff += 1
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=1, sort_keys=True)
     if args.compare:
         with open(args.compare) as f:
-            return 1 if compare(result, json.load(f)) else 0
+            return 1 if compare(result, json.load(f), subset=bool(args.only)) else 0
     return 0
 
 

@@ -1,5 +1,6 @@
 """
-d2kd's config keys. ``add_d2kd_config(cfg)`` adds every node; Detectron2's defaults are never edited.
+d2kd's config keys. ``add_d2kd_config(cfg)`` adds every node; Detectron2's defaults are never
+edited.
 
 One file per node: ``kd`` (``MODEL.KD``, the framework), one per method (``feature_mse``, ``fgd``,
 ``pgd``, ``bckd``, ``ld``, ``detrdistill``: ``MODEL.KD.<METHOD>``), and the detectors and backbones

@@ -1,4 +1,5 @@
-"""Config node of DETRDistill (``MODEL.KD.DETRDISTILL``); the method is in ``d2kd/methods/detrdistill``."""
+"""Config node of DETRDistill (``MODEL.KD.DETRDISTILL``); the method is in
+``d2kd/methods/detrdistill``."""
 
 from detectron2.config import CfgNode as CN
 

@@ -8,7 +8,8 @@ def add_kd_config(cfg: CN) -> None:
     _C = cfg
     _C.MODEL.KD = CN()
     # Meta-architecture of the student, built from the main config. The main config *is* the
-    # student's config, so setting MODEL.META_ARCHITECTURE to this value evaluates the plain student.
+    # student's config, so setting MODEL.META_ARCHITECTURE to this value evaluates the plain
+    # student.
     _C.MODEL.KD.STUDENT_META_ARCHITECTURE = "RetinaNet"
     # Optional weights loaded into the student alone at build time (e.g. an ImageNet backbone).
     # MODEL.WEIGHTS stays for checkpoints of the whole distillation model (--resume, --eval-only).

@@ -29,11 +29,13 @@ def add_ld_config(cfg: CN) -> None:
     # object computed over VLR_TOPK candidates per level.
     _C.MODEL.KD.LD.VLR_ALPHA = 0.25
     _C.MODEL.KD.LD.VLR_TOPK = 9
-    # "official": LD's IoF-based DIoU (intersection / anchor area - rho^2/c^2); "textbook": IoU-based.
+    # "official": LD's IoF-based DIoU (intersection / anchor area - rho^2/c^2); "textbook": IoU-
+    # based.
     _C.MODEL.KD.LD.VLR_DIOU = "official"
     # Dose: the official main/VLR LD are per-GPU sums (they grow with images per GPU). d2kd
     # multiplies them by DOSE_REFERENCE_IMAGES / images-per-GPU, reproducing the official
-    # magnitude at the reference 2 images per GPU for any batch size. 0: raw per-GPU sums (official).
+    # magnitude at the reference 2 images per GPU for any batch size. 0: raw per-GPU sums
+    # (official).
     _C.MODEL.KD.LD.DOSE_REFERENCE_IMAGES = 2
     # Give priors on batch padding weight 0 (official valid flags).
     _C.MODEL.KD.LD.IGNORE_PADDING = True

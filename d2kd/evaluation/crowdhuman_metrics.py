@@ -144,7 +144,8 @@ def caltech_match(
 
 
 def _pr_curve(labels: np.ndarray, num_gt: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative (recall, precision, false positives) at each entry of the pooled, sorted labels."""
+    """Cumulative (recall, precision, false positives) at each entry of the pooled, sorted
+    labels."""
     tp = np.cumsum(labels == 1).astype(np.float64)
     fp = np.cumsum(labels == 0).astype(np.float64)
     return tp / num_gt, tp / (tp + fp), fp

@@ -50,7 +50,8 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     path = cfg.MODEL.KD.TEACHER.CONFIG_FILE
     if not path:
         raise ValueError(
-            "MODEL.KD.TEACHER.CONFIG_FILE is empty: a distillation config must name the teacher's config file"
+            "MODEL.KD.TEACHER.CONFIG_FILE is empty: a distillation config must name the teacher's "
+            "config file"
         )
     path = resolve_config_path(path)
     tcfg = get_d2kd_cfg()
@@ -121,7 +122,8 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
         elif not kd.ALLOW_RANDOM_INIT:
             raise ValueError(
                 "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "
-                "is almost certainly a mistake (set MODEL.KD.TEACHER.ALLOW_RANDOM_INIT True to allow it)"
+                "is almost certainly a mistake (set MODEL.KD.TEACHER.ALLOW_RANDOM_INIT True to "
+                "allow it)"
             )
         else:
             logger.warning(

@@ -1,4 +1,5 @@
-"""Maximum-weight bipartite matching: a hand case where greedy fails, and brute force on small graphs."""
+"""Maximum-weight bipartite matching: a hand case where greedy fails, and brute force on small
+graphs."""
 
 import itertools
 

@@ -1,4 +1,5 @@
-"""DETRDistill terms on small inputs: stage mapping, logits matching/losses, feature masks, contrast."""
+"""DETRDistill terms on small inputs: stage mapping, logits matching/losses, feature masks,
+contrast."""
 
 import math
 

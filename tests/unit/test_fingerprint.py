@@ -1,4 +1,5 @@
-"""tools/fingerprint.py: the checksum sees every byte, name and dtype; compare counts differences."""
+"""tools/fingerprint.py: the checksum sees every byte, name and dtype; compare counts
+differences."""
 
 import torch
 

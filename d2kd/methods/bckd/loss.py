@@ -2,7 +2,8 @@
 BCKD: binary classification distillation + IoU-based localization distillation (Yang et al.,
 ICCV 2023), for any dense detector (RetinaNet, FCOS, ATSS, GFL).
 
-Shape shorthand: N images, R priors, K classes; see :mod:`d2kd.methods.bckd.terms` for the per-prior math.
+Shape shorthand: N images, R priors, K classes; see :mod:`d2kd.methods.bckd.terms` for the per-prior
+math.
 
 Both terms are summed over **all** priors of the batch (foreground, background and RetinaNet's
 ignored band alike: distillation needs no ground truth, so ignored anchors are included; priors on
@@ -37,6 +38,7 @@ from d2kd.modeling.losses.dense_pair import (
 )
 from d2kd.modeling.losses.registry import DISTILL_LOSS_REGISTRY
 from d2kd.modeling.record import DistillRecord
+from d2kd.utils.modules import hold_unregistered
 
 __all__ = ["BCKDLoss"]
 
@@ -79,7 +81,8 @@ class BCKDLoss(DistillLoss):
         super().__init__()
         if loc_loss not in LOC_MODES:
             raise ValueError(f'MODEL.KD.BCKD.LOC_LOSS "{loc_loss}" is not one of {LOC_MODES}')
-        self._models = (student, teacher)  # a tuple: not registered as sub-modules
+        hold_unregistered(self, "student", student)
+        hold_unregistered(self, "teacher", teacher)
         self.cls_weight, self.loc_weight, self.loc_loss = cls_weight, loc_weight, loc_loss
         self.level_gate, self.ignore_padding = level_gate, ignore_padding
         self.student_taps, self.teacher_taps = list(STUDENT_TAPS), list(TEACHER_TAPS)
@@ -99,7 +102,7 @@ class BCKDLoss(DistillLoss):
         }
 
     def forward(self, record: DistillRecord) -> Dict[str, Tensor]:
-        student, teacher = self._models
+        student, teacher = self.student, self.teacher
         pair = gather_dense_pair(record, student, teacher, self.ignore_padding)
         s, t = pair.student, pair.teacher
         weights = pair.prior_weights  # (N, R)

@@ -96,7 +96,8 @@ def masked_feature_mse(student_feat: Tensor, teacher_feat: Tensor, mask: Tensor)
     """
     if student_feat.shape != teacher_feat.shape:
         raise ValueError(
-            f"feature distillation: student {tuple(student_feat.shape)} vs teacher {tuple(teacher_feat.shape)}"
+            f"feature distillation: student {tuple(student_feat.shape)} vs teacher "
+            f"{tuple(teacher_feat.shape)}"
         )
     return F.mse_loss(mask * student_feat, mask * teacher_feat)
 

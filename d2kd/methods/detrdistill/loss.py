@@ -43,6 +43,7 @@ from d2kd.modeling.checks import check_same_num_classes
 from d2kd.modeling.losses.base import DistillLoss
 from d2kd.modeling.losses.registry import DISTILL_LOSS_REGISTRY
 from d2kd.modeling.record import DistillRecord
+from d2kd.utils.modules import hold_unregistered
 
 __all__ = [
     "DETRLogitsDistillLoss",
@@ -276,8 +277,8 @@ class DETRQueryPriorLoss(_DETRDistillTerm):
             rerun_encoder: rerun the student's encoder for the group (official code).
         """
         super().__init__(stage_map)
-        self.__dict__["student"] = student
-        self.__dict__["teacher"] = teacher
+        hold_unregistered(self, "student", student)
+        hold_unregistered(self, "teacher", teacher)
         self.rerun_encoder = rerun_encoder
 
     @classmethod

@@ -9,7 +9,8 @@ classes)::
 
 The official ``KnowledgeDistillationKLDivLoss`` *averages* over the K entries (``.mean(1)``), so its
 value is 1/K of the textbook KL (1/17 for LD, 1/80 for COCO class KD; HikariTJU/LD issue #74).
-d2kd keeps the average by default so that the papers' loss weights carry over; ``mean_over_bins=False``
+d2kd keeps the average by default so that the papers' loss weights carry over;
+``mean_over_bins=False``
 gives the textbook sum (then divide the weight by K for the same dose).
 """
 

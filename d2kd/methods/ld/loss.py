@@ -40,6 +40,7 @@ from d2kd.modeling.losses.dense_pair import (
 )
 from d2kd.modeling.losses.registry import DISTILL_LOSS_REGISTRY
 from d2kd.modeling.record import DistillRecord
+from d2kd.utils.modules import hold_unregistered
 
 __all__ = ["LDLoss", "check_distribution_heads"]
 
@@ -117,7 +118,8 @@ class LDLoss(DistillLoss):
         super().__init__()
         if vlr_diou not in DIOU_MODES:
             raise ValueError(f'MODEL.KD.LD.VLR_DIOU "{vlr_diou}" is not one of {DIOU_MODES}')
-        self._models = (student, teacher)  # a tuple: not registered as sub-modules
+        hold_unregistered(self, "student", student)
+        hold_unregistered(self, "teacher", teacher)
         self.bins = reg_max + 1
         self.main_weight, self.main_avg_factor = main_weight, main_avg_factor
         self.vlr_weight, self.vlr_avg_factor = vlr_weight, vlr_avg_factor
@@ -155,7 +157,7 @@ class LDLoss(DistillLoss):
         return self.dose_reference_images / num_images if self.dose_reference_images > 0 else 1.0
 
     def forward(self, record: DistillRecord) -> Dict[str, Tensor]:
-        student, teacher = self._models
+        student, teacher = self.student, self.teacher
         pair = gather_dense_pair(record, student, teacher, self.ignore_padding)
         s, t = pair.student, pair.teacher
         n, r = pair.gt_labels.shape

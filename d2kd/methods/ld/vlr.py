@@ -18,10 +18,11 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torchvision.ops import distance_box_iou
 
 from d2kd.layers.atss_assign import atss_iou_thresholds
 from d2kd.layers.box_ops import pairwise_iou
-from d2kd.layers.diou import pairwise_diou, pairwise_diou_official
+from d2kd.layers.diou import pairwise_diou_official
 
 __all__ = ["vlr_region", "DIOU_MODES"]
 
@@ -59,7 +60,7 @@ def vlr_region(
         return weight, gt_index  # the official code crashes here; an empty region is the answer
     ious = pairwise_iou(anchors, gt_boxes)  # (R, G)
     gamma = atss_iou_thresholds(anchors, num_anchors_per_level, gt_boxes, topk, valid, ious)
-    diou_fn = pairwise_diou_official if diou_mode == "official" else pairwise_diou
+    diou_fn = pairwise_diou_official if diou_mode == "official" else distance_box_iou
     diou = diou_fn(anchors, gt_boxes)
     member = (diou >= alpha * gamma[None]) & (diou < gamma[None])
     if valid is not None:

@@ -23,10 +23,11 @@ from d2kd.methods.pgd.pgw import (
     quality_score,
     split_levels,
 )
-from d2kd.modeling.dense_outputs import decode_boxes, dense_outputs
+from d2kd.modeling.dense_outputs import decode_boxes, dense_outputs, recorded_dense_outputs
 from d2kd.modeling.masks.ground_truth import pad_gt_instances
 from d2kd.modeling.masks.registry import MASK_GENERATOR_REGISTRY
 from d2kd.modeling.record import DistillRecord
+from d2kd.utils.modules import hold_unregistered
 
 __all__ = ["PGWMaskGenerator"]
 
@@ -70,7 +71,7 @@ class PGWMaskGenerator(nn.Module):
         super().__init__()
         if topk < 1:
             raise ValueError(f"MODEL.KD.PGD.TOPK must be >= 1, got {topk}")
-        self.__dict__["teacher"] = teacher  # not a sub-module: no parameters, no checkpoint entry
+        hold_unregistered(self, "teacher", teacher)  # no parameters, no checkpoint entry
         self.topk, self.xi_cls, self.xi_reg = topk, xi_cls, xi_reg
         self.cov_eps = 0.0 if cov_noise else cov_eps
         self.jitter = REFERENCE_JITTER if cov_noise else 0.0
@@ -81,7 +82,8 @@ class PGWMaskGenerator(nn.Module):
         for attr in ("head", "anchor_generator", "head_in_features"):
             if not hasattr(teacher, attr):
                 raise TypeError(
-                    f"MODEL.KD.PGD.MASK_GENERATOR PGWMaskGenerator needs a dense teacher (RetinaNet, "
+                    "MODEL.KD.PGD.MASK_GENERATOR PGWMaskGenerator needs a dense teacher "
+                    "(RetinaNet, "
                     f"FCOS, ATSS, ...); {type(teacher).__name__} has no {attr}"
                 )
         c = cfg.MODEL.KD.PGD
@@ -99,15 +101,12 @@ class PGWMaskGenerator(nn.Module):
     def forward(
         self, record: DistillRecord, level_shapes=None, strides=None
     ) -> Dict[str, List[Tensor]]:
-        """Maps for the batch of ``record`` (``level_shapes`` / ``strides`` come from the teacher)."""
+        """Maps for the batch of ``record`` (``level_shapes`` / ``strides`` come from the
+        teacher)."""
         if record.gt_instances is None:
             raise ValueError("PGWMaskGenerator needs ground truth: the batch has no 'instances'")
-        return self.compute(
-            record.teacher_one("head"),
-            record.teacher_one("anchor_generator"),
-            record.gt_instances,
-            record.image_sizes,
-        )
+        out = recorded_dense_outputs(record, "teacher", self.teacher)  # shared with BCKD/LD
+        return self._maps(out, record.gt_instances, record.image_sizes)
 
     @torch.no_grad()
     def compute(
@@ -121,7 +120,13 @@ class PGWMaskGenerator(nn.Module):
         Returns:
             {"cls", "reg", "bg"}: per level, (N, 1, H_l, W_l) float32.
         """
-        out = dense_outputs(self.teacher, predictions, anchors)
+        return self._maps(
+            dense_outputs(self.teacher, predictions, anchors), gt_instances, image_sizes
+        )
+
+    @torch.no_grad()
+    def _maps(self, out, gt_instances, image_sizes) -> Dict[str, List[Tensor]]:
+        """:meth:`compute` from the flattened teacher outputs ``out`` (:class:`DenseOutputs`)."""
         flat = self.flat_maps(out, gt_instances, image_sizes)
         return {k: split_levels(v, out.level_shapes, out.num_anchors) for k, v in flat.items()}
 

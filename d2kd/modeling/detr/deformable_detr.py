@@ -218,7 +218,8 @@ class DeformableDETR(nn.Module):
         """
         if query_embed.shape[-1] != 2 * self.hidden_dim:
             raise ValueError(
-                f"queries of width {query_embed.shape[-1]} given to a decoder of width 2 x {self.hidden_dim}"
+                f"queries of width {query_embed.shape[-1]} given to a decoder of width 2 x "
+                f"{self.hidden_dim}"
             )
         hs, init_ref, inter_refs = self.transformer.decode(
             state, query_embed, self.heads.refine_embed
