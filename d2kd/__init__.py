@@ -3,7 +3,8 @@
 ``import d2kd`` registers d2kd's meta-architectures, distillation losses, mask generators and
 datasets with Detectron2's registries; ``d2kd.add_d2kd_config(cfg)`` adds its config keys.
 
-The pure-PyTorch parts (``d2kd.layers``, ``d2kd.modeling.recorder``, ``d2kd.modeling.record``)
+The pure-PyTorch parts (``d2kd.layers``, the math files of ``d2kd.methods.<method>``,
+``d2kd.modeling.recorder``, ``d2kd.modeling.record``, ``d2kd.evaluation.crowdhuman_metrics``)
 import without Detectron2; everything else needs it.
 """
 
@@ -24,6 +25,6 @@ else:
     from .config import add_d2kd_config, get_d2kd_cfg
 
     # Imported for their registration side effects:
-    from . import data, modeling  # noqa: F401 isort:skip
+    from . import data, modeling, methods  # noqa: F401 isort:skip
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]

@@ -3,7 +3,8 @@
 Write the synthetic shapes detection dataset (COCO format) used by d2kd's shapes configs.
 
     python datasets/prepare_shapes.py                          # under $DETECTRON2_DATASETS/shapes
-    python datasets/prepare_shapes.py --root /tmp/shapes --seed 0 --train-images 2000 --val-images 200
+    python datasets/prepare_shapes.py --root /tmp/shapes --seed 0 \\
+        --train-images 2000 --val-images 200
 
 The same seed writes the same files. Training scripts generate the dataset on first use anyway
 (see d2kd/data/builtin.py); this script is for preparing it ahead, elsewhere or with another seed.

@@ -9,7 +9,8 @@ Measure what distillation costs on this machine, at the shapes scale.
 For each distillation config, on one fixed batch of IMS_PER_BATCH shapes images, the median over
 ``--reps`` repetitions (after ``--warmup``) of the seconds per iteration of:
 
-  (a) a training step of the student alone (the config with MODEL.META_ARCHITECTURE := the student's);
+  (a) a training step of the student alone (the config with MODEL.META_ARCHITECTURE := the
+  student's);
   (b) the teacher's inference alone, run exactly as DistillDetector runs it (no gradients);
   (c) a training step of the distillation model (teacher + student + distillation losses);
 
@@ -257,7 +258,8 @@ def print_table(rows: List[Dict]) -> None:
         print(
             f"{r['config']:<44} {r['student_wall_s']:>9.3f} {r['teacher_wall_s']:>9.3f} "
             f"{r['kd_wall_s']:>9.3f} {r['ratio_wall_s']:>8.2f} {r['ratio_cpu_s']:>11.2f} "
-            f"{_mib(r['student_peak_mem_bytes']):>9} {_mib(r['kd_peak_mem_bytes']):>9} {mem_ratio:>7}"
+            f"{_mib(r['student_peak_mem_bytes']):>9} {_mib(r['kd_peak_mem_bytes']):>9} "
+            f"{mem_ratio:>7}"
         )
 
 

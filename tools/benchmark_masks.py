@@ -24,8 +24,8 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 import d2kd  # noqa: E402,F401  (registration)
 from d2kd.config import get_d2kd_cfg  # noqa: E402
-from d2kd.modeling.masks.gt_box import GTBoxMaskGenerator  # noqa: E402
-from d2kd.modeling.masks.pgw import PGWMaskGenerator  # noqa: E402
+from d2kd.methods.fgd.mask import GTBoxMaskGenerator  # noqa: E402
+from d2kd.methods.pgd.mask import PGWMaskGenerator  # noqa: E402
 from d2kd.modeling.record import DistillRecord  # noqa: E402
 
 
@@ -107,7 +107,8 @@ def main(argv=None) -> None:
     t_fgd = median_ms(lambda: fgd(record, level_shapes, strides), args.iters, device)
     where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
     print(
-        f"{type(model).__name__}: {n} images {h}x{w}, {priors} priors/image, {args.boxes} boxes/image"
+        f"{type(model).__name__}: {n} images {h}x{w}, {priors} priors/image, {args.boxes} "
+        "boxes/image"
     )
     print(f"device: {where}")
     print(f"PGWMaskGenerator.compute: {t_pgw:.1f} ms  (median of {args.iters})")

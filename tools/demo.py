@@ -2,7 +2,7 @@
 """
 d2kd end to end, with nothing prepared: one command, CPU or GPU.
 
-    python tools/demo.py                       # full demo (about 15 min on a 2-core CPU, see README)
+    python tools/demo.py                       # full demo (about 15 min on a 2-core CPU)
     python tools/demo.py --method configs/shapes/kd/<other>.yaml
     python tools/demo.py --teacher-iters 3 --student-iters 3 --train-images 16 --val-images 8 \\
         --output /tmp/demo                     # a smoke run of every stage
@@ -19,7 +19,8 @@ Stages:
   4. evaluate all three with COCOEvaluator on the val split, print one table and write
      ``results.json``, ``results.csv`` and ``results.png`` under ``--output``.
 
-Every stage runs through ``train_net.Trainer`` (Detectron2's DefaultTrainer), so progress (iteration,
+Every stage runs through ``train_net.Trainer`` (Detectron2's DefaultTrainer), so progress
+(iteration,
 ETA, losses) is printed every 20 iterations as in any Detectron2 training.
 """
 
@@ -331,11 +332,12 @@ def main(argv=None) -> List[Dict]:
     d_metrics, d_secs = train_and_evaluate(kd)
     logger.info("Stage 4/4: results")
     rows = [
-        {"model": "teacher (cached)" if teacher["cached"] else "teacher", "config": _rel(args.teacher),
-         "weights": teacher["weights"], "iters": tcfg.SOLVER.MAX_ITER, "seconds": teacher["seconds"],
-         **teacher["metrics"]},
-        {"model": "student (cached)" if student["cached"] else "student", "config": _rel(args.method),
-         "iters": plain.SOLVER.MAX_ITER, "seconds": student["seconds"], **s_metrics},
+        {"model": "teacher (cached)" if teacher["cached"] else "teacher",
+         "config": _rel(args.teacher), "weights": teacher["weights"],
+         "iters": tcfg.SOLVER.MAX_ITER, "seconds": teacher["seconds"], **teacher["metrics"]},
+        {"model": "student (cached)" if student["cached"] else "student",
+         "config": _rel(args.method), "iters": plain.SOLVER.MAX_ITER,
+         "seconds": student["seconds"], **s_metrics},
         {"model": "distilled", "config": _rel(args.method),
          "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics},
         {"model": "gain (distilled-student)", **{m: d_metrics[m] - s_metrics[m] for m in METRICS}},
@@ -348,8 +350,9 @@ def main(argv=None) -> List[Dict]:
     }
     write_results(rows, args.output, meta)
     table = format_table(rows)
+    written = os.path.join(args.output, "results.{json,csv,png}")
     print(f"\n{table}\n\nTotal {meta['total_seconds']:.0f} s on {meta['device']}; "
-          f"written: {os.path.join(args.output, 'results.{json,csv,png}')}", flush=True)  # fmt: skip
+          f"written: {written}", flush=True)  # fmt: skip
     return rows
 
 

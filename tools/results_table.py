@@ -26,7 +26,8 @@ def format_ap(v: Optional[float]) -> str:
 
 
 def _by_model(rows: List[Dict]) -> Dict[str, Dict]:
-    """demo.py's rows keyed by role; "teacher (cached)" and "student (cached)" count as their role."""
+    """demo.py's rows keyed by role; "teacher (cached)" and "student (cached)" count as
+    their role."""
     out = {}
     for row in rows:
         role = row["model"].split(" ")[0]

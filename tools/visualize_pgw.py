@@ -36,7 +36,7 @@ from detectron2.structures import BoxMode, Instances  # noqa: E402
 
 import d2kd  # noqa: E402,F401  (registers d2kd's detectors, datasets and mask generators)
 from d2kd.config import get_d2kd_cfg  # noqa: E402
-from d2kd.modeling.masks.pgw import PGWMaskGenerator  # noqa: E402
+from d2kd.methods.pgd.mask import PGWMaskGenerator  # noqa: E402
 from d2kd.modeling.teacher import freeze, load_teacher_weights, run_teacher  # noqa: E402
 
 logger = logging.getLogger("d2kd.visualize_pgw")

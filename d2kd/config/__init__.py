@@ -1,12 +1,25 @@
-"""d2kd's config keys. ``add_d2kd_config(cfg)`` adds every node; Detectron2's defaults are never edited."""
+"""
+d2kd's config keys. ``add_d2kd_config(cfg)`` adds every node; Detectron2's defaults are never
+edited.
+
+One file per node: ``kd`` (``MODEL.KD``, the framework), one per method (``feature_mse``, ``fgd``,
+``pgd``, ``bckd``, ``ld``, ``detrdistill``: ``MODEL.KD.<METHOD>``), and the detectors and backbones
+(``detectors``, ``deformable_detr``, ``backbones``). The nodes stay here rather than in the method
+folders so that ``modeling/teacher.py``, which builds configs, never imports ``d2kd.methods``.
+"""
 
 from detectron2.config import CfgNode as CN
 
-from .bckd_ld import add_bckd_ld_config
+from .backbones import add_mobilenetv2_config
+from .bckd import add_bckd_config
+from .deformable_detr import add_deformable_detr_config, add_detr_solver_config
 from .detectors import add_atss_config, add_fcos_config, add_gfl_config
-from .detr import add_detr_config
+from .detrdistill import add_detrdistill_config
+from .feature_mse import add_feature_mse_config
+from .fgd import add_fgd_config
 from .kd import add_kd_config
-from .pgd_fgd import add_pgd_fgd_config
+from .ld import add_ld_config
+from .pgd import add_pgd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
 
@@ -14,12 +27,18 @@ __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
 def add_d2kd_config(cfg: CN) -> None:
     """Add all of d2kd's config nodes to ``cfg`` (a clone of Detectron2's defaults) in place."""
     add_kd_config(cfg)
+    add_feature_mse_config(cfg)
     add_fcos_config(cfg)
     add_atss_config(cfg)
     add_gfl_config(cfg)
-    add_bckd_ld_config(cfg)
-    add_detr_config(cfg)
-    add_pgd_fgd_config(cfg)
+    add_bckd_config(cfg)
+    add_ld_config(cfg)
+    add_deformable_detr_config(cfg)
+    add_detr_solver_config(cfg)
+    add_detrdistill_config(cfg)
+    add_pgd_config(cfg)
+    add_fgd_config(cfg)
+    add_mobilenetv2_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

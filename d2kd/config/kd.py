@@ -8,7 +8,8 @@ def add_kd_config(cfg: CN) -> None:
     _C = cfg
     _C.MODEL.KD = CN()
     # Meta-architecture of the student, built from the main config. The main config *is* the
-    # student's config, so setting MODEL.META_ARCHITECTURE to this value evaluates the plain student.
+    # student's config, so setting MODEL.META_ARCHITECTURE to this value evaluates the plain
+    # student.
     _C.MODEL.KD.STUDENT_META_ARCHITECTURE = "RetinaNet"
     # Optional weights loaded into the student alone at build time (e.g. an ImageNet backbone).
     # MODEL.WEIGHTS stays for checkpoints of the whole distillation model (--resume, --eval-only).
@@ -57,14 +58,3 @@ def add_kd_config(cfg: CN) -> None:
     _C.MODEL.KD.INHERIT.ENABLED = False
     # Parameter-name prefixes never copied (by default the backbone body: neck + head only).
     _C.MODEL.KD.INHERIT.EXCLUDE = ["backbone.bottom_up."]
-
-    # Feature mimicking (MSE) on named feature maps: the simplest distillation loss.
-    _C.MODEL.KD.FEATURE_MSE = CN()
-    # Module whose output holds the features (a dict such as the FPN's {"p3": ...}).
-    _C.MODEL.KD.FEATURE_MSE.STUDENT_MODULE = "backbone"
-    _C.MODEL.KD.FEATURE_MSE.TEACHER_MODULE = "backbone"
-    # Keys of the feature dict to distil; strides must match between teacher and student.
-    _C.MODEL.KD.FEATURE_MSE.KEYS = ["p3", "p4", "p5", "p6", "p7"]
-    # Channel adapter on the student side: "auto" (1x1 conv when channels differ) or an
-    # ADAPTER_REGISTRY name ("Identity", "Conv1x1").
-    _C.MODEL.KD.FEATURE_MSE.ADAPTER = "auto"

@@ -37,7 +37,8 @@ def crowdhuman_root() -> str:
 
 
 def _annotations(boxes: List[dict]) -> Tuple[List[dict], int]:
-    """Detectron2 annotations of one image's gt boxes, and the number of degenerate boxes skipped."""
+    """Detectron2 annotations of one image's gt boxes, and the number of degenerate boxes
+    skipped."""
     annos = []
     for box in boxes:
         x, y, w, h = (float(v) for v in box["fbox"])
@@ -108,7 +109,8 @@ def register_crowdhuman(name: str, odgt_file: str, image_root: str, size_cache: 
 
 
 def register_all_crowdhuman(root: str) -> None:
-    """Register ``crowdhuman_train`` / ``crowdhuman_val``: ``root/annotation_*.odgt``, ``root/Images``."""
+    """Register ``crowdhuman_train`` / ``crowdhuman_val``: ``root/annotation_*.odgt``,
+    ``root/Images``."""
     for name, odgt in _BUILTIN_SPLITS.items():
         if name not in DatasetCatalog.list():
             register_crowdhuman(name, os.path.join(root, odgt), os.path.join(root, "Images"))

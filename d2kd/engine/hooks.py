@@ -27,7 +27,8 @@ class TeacherEvalHook(HookBase):
     def __init__(self, cfg, build_test_loader, build_evaluator):
         """
         Args:
-            build_test_loader: ``fn(cfg, dataset_name)``; build_evaluator: ``fn(cfg, dataset_name)``.
+            build_test_loader: ``fn(cfg, dataset_name)``; build_evaluator: ``fn(cfg,
+            dataset_name)``.
         """
         self.cfg = cfg.clone()
         self._loader = build_test_loader

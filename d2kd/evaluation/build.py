@@ -25,7 +25,8 @@ def _voc(cfg, dataset_name, output_folder):
 def _crowdhuman(cfg, dataset_name, output_folder):
     if cfg.TEST.DETECTIONS_PER_IMAGE < _CROWDHUMAN_MIN_DETECTIONS:
         logging.getLogger(__name__).warning(
-            f"TEST.DETECTIONS_PER_IMAGE={cfg.TEST.DETECTIONS_PER_IMAGE} truncates crowded images of "
+            f"TEST.DETECTIONS_PER_IMAGE={cfg.TEST.DETECTIONS_PER_IMAGE} truncates crowded images "
+            "of "
             f'"{dataset_name}": CrowdHuman results in the literature keep 500 (configs/crowdhuman/)'
         )
     return CrowdHumanEvaluator(dataset_name, output_dir=output_folder)
@@ -37,12 +38,14 @@ EVALUATOR_BUILDERS = {"coco": _coco, "pascal_voc": _voc, "crowdhuman": _crowdhum
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
-    """The evaluator for ``dataset_name``, writing under ``output_folder`` (default OUTPUT_DIR/inference)."""
+    """The evaluator for ``dataset_name``, writing under ``output_folder`` (default
+    OUTPUT_DIR/inference)."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco")
     if kind not in EVALUATOR_BUILDERS:
         raise KeyError(
-            f'dataset "{dataset_name}" has evaluator_type "{kind}"; d2kd knows {sorted(EVALUATOR_BUILDERS)}'
+            f'dataset "{dataset_name}" has evaluator_type "{kind}"; d2kd knows '
+            f"{sorted(EVALUATOR_BUILDERS)}"
         )
     return EVALUATOR_BUILDERS[kind](cfg, dataset_name, output_folder)

@@ -1,4 +1,5 @@
-"""CrowdHuman evaluation (AP, MR^-2, JI of the CrowdDet toolkit) as a Detectron2 DatasetEvaluator."""
+"""CrowdHuman evaluation (AP, MR^-2, JI of the CrowdDet toolkit) as a Detectron2
+DatasetEvaluator."""
 
 import itertools
 import json
@@ -14,7 +15,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from d2kd.data.odgt import OdgtImage, image_sizes, is_ignore, read_odgt
-from d2kd.layers.crowdhuman_metrics import CrowdHumanImage, evaluate_crowdhuman
+from d2kd.evaluation.crowdhuman_metrics import CrowdHumanImage, evaluate_crowdhuman
 
 __all__ = ["CrowdHumanEvaluator"]
 
@@ -32,20 +33,23 @@ def _gt_arrays(im: OdgtImage) -> Tuple[np.ndarray, np.ndarray]:
 class CrowdHumanEvaluator(DatasetEvaluator):
     """
     Full-body AP, MR^-2 and JI on a dataset registered by :func:`d2kd.data.register_crowdhuman`,
-    computed as the CrowdDet toolkit (used by PGD) does, by :mod:`d2kd.layers.crowdhuman_metrics`.
+    computed as the CrowdDet toolkit (used by PGD) does, by
+    :mod:`d2kd.evaluation.crowdhuman_metrics`.
 
     Ground truth comes from the dataset's odgt file (all three metrics, as MMDetection 3.x does;
     CrowdDet/PGD take JI's gt from their detection dump). Every odgt image counts: one without
     predictions counts with zero detections. Results are x100, under the key "crowdhuman". With an
     ``output_dir`` the detections are also written as ``crowdhuman_detections.odgt`` in the
-    toolkit's format ({"ID", "height", "width", "dtboxes": [{"box": [x, y, w, h], "score", "tag"}]}).
+    toolkit's format
+    ({"ID", "height", "width", "dtboxes": [{"box": [x, y, w, h], "score", "tag"}]}).
     """
 
     def __init__(self, dataset_name: str, output_dir: str = None, distributed: bool = True):
         meta = MetadataCatalog.get(dataset_name)
         if not hasattr(meta, "odgt_file"):
             raise ValueError(
-                f'CrowdHumanEvaluator: dataset "{dataset_name}" has no "odgt_file" in its metadata; '
+                f'CrowdHumanEvaluator: dataset "{dataset_name}" has no "odgt_file" in its '
+                "metadata; "
                 "register it with d2kd.data.register_crowdhuman(name, odgt_file, image_root)"
             )
         self._dataset_name = dataset_name
@@ -100,7 +104,8 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         res = evaluate_crowdhuman(self._images(predictions))
         ji = {k: round(v, 4) for k, v in res.items() if k.startswith("JI@")}
         logger.info(
-            f"CrowdHuman {self._dataset_name}: {res['num_images']} images, {res['num_gt']} valid gt "
+            f"CrowdHuman {self._dataset_name}: {res['num_images']} images, {res['num_gt']} valid "
+            "gt "
             f"boxes; JI per score threshold {ji}; best threshold {res['JI_score_thresh']}"
         )
         return OrderedDict(crowdhuman={k: 100.0 * res[k] for k in ("AP", "MR", "JI")})
@@ -112,14 +117,16 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         unknown = set(by_id) - {im.ID for im in gt_images}
         if unknown:
             logger.warning(
-                f"CrowdHumanEvaluator: skipped predictions of {len(unknown)} images whose ID is not "
+                f"CrowdHumanEvaluator: skipped predictions of {len(unknown)} images whose ID is "
+                "not "
                 f"in {self._odgt_file} (e.g. {sorted(unknown)[0]})"
             )
         missing = [im for im in gt_images if im.ID not in by_id]
         sizes = {}
         if missing:
             logger.warning(
-                f"CrowdHumanEvaluator: {len(missing)} of {len(gt_images)} images of {self._odgt_file} "
+                f"CrowdHumanEvaluator: {len(missing)} of {len(gt_images)} images of "
+                f"{self._odgt_file} "
                 "have no predictions; they count with zero detections"
             )
             sizes = image_sizes(missing, self._odgt_file, self._image_root, self._size_cache)

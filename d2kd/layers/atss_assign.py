@@ -87,13 +87,15 @@ def _iou_thresholds(candidate_ious: Tensor) -> Tensor:
     mean = candidate_ious.mean(dim=0)
     if candidate_ious.shape[0] < 2:
         # The std of one sample is undefined (NaN in the reference, which then selects nothing);
-        # here the single candidate is judged against its own IoU, i.e. kept if its centre is inside.
+        # here the single candidate is judged against its own IoU, i.e. kept if its centre is
+        # inside.
         return mean
     return mean + candidate_ious.std(dim=0)
 
 
 def _centers_inside(centers: Tensor, gt_boxes: Tensor, eps: float) -> Tensor:
-    """centers (C, G, 2), gt_boxes (G, 4) -> (C, G) bool: inside by more than ``eps`` on every side."""
+    """centers (C, G, 2), gt_boxes (G, 4) -> (C, G) bool: inside by more than ``eps`` on
+    every side."""
     x, y = centers[..., 0], centers[..., 1]
     ltrb = torch.stack(
         [x - gt_boxes[:, 0], y - gt_boxes[:, 1], gt_boxes[:, 2] - x, gt_boxes[:, 3] - y], dim=-1

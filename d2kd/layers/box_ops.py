@@ -1,5 +1,7 @@
 """
-Box geometry shared by every method, pure PyTorch: areas, centres, cxcywh <-> xyxy, IoU, GIoU.
+Box geometry shared by every method, PyTorch and torchvision only: areas, centres,
+cxcywh <-> xyxy (torchvision's ``box_convert``), IoU, GIoU (d2kd's own: the specs fix their eps
+conventions).
 
 Shape shorthand: boxes are ``(..., 4)`` xyxy unless a name says cxcywh, in any unit as long as both
 arguments share it. *Pairwise* functions compare every row of ``boxes1`` (M, 4) with every row of
@@ -22,6 +24,7 @@ from typing import Tuple
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
 
 __all__ = [
     "DETR_EPS",
@@ -55,15 +58,13 @@ def box_centers(boxes: Tensor) -> Tensor:
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """(..., 4) cxcywh -> (..., 4) xyxy."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    """(..., 4) cxcywh -> (..., 4) xyxy (``torchvision.ops.box_convert``)."""
+    return box_convert(boxes, "cxcywh", "xyxy")
 
 
 def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """(..., 4) xyxy -> (..., 4) cxcywh."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+    """(..., 4) xyxy -> (..., 4) cxcywh (``torchvision.ops.box_convert``)."""
+    return box_convert(boxes, "xyxy", "cxcywh")
 
 
 def enclosing_size(boxes1: Tensor, boxes2: Tensor) -> Tensor:

@@ -2,7 +2,9 @@
 Distance-IoU between anchors and ground-truth boxes, in LD's official form and the textbook form.
 
 Textbook DIoU (Zheng et al., AAAI 2020): ``IoU(a, g) - rho^2 / c^2``, rho the distance between the
-box centres and c the diagonal of the smallest box enclosing both.
+box centres and c the diagonal of the smallest box enclosing both:
+``torchvision.ops.distance_box_iou``
+(which adds eps to c^2 and does not guard the union; d2kd's anchors have positive area).
 
 LD's official code (``bbox_overlaps(mode='diou')`` in HikariTJU/LD and BCKD) forms the union only
 for the "iou"/"giou" modes, so its "DIoU" divides the intersection by the area of the *first* box
@@ -15,9 +17,9 @@ Shape shorthand: a (R, 4) anchors, g (G, 4) ground truth, xyxy; results (R, G).
 import torch
 from torch import Tensor
 
-from .box_ops import box_area, enclosing_size, pairwise_iou
+from .box_ops import box_area, enclosing_size
 
-__all__ = ["pairwise_diou", "pairwise_diou_official"]
+__all__ = ["pairwise_diou_official"]
 
 
 def _centre_penalty(a: Tensor, g: Tensor, eps: float) -> Tensor:
@@ -31,13 +33,9 @@ def _centre_penalty(a: Tensor, g: Tensor, eps: float) -> Tensor:
     return rho2 / c2
 
 
-def pairwise_diou(a: Tensor, g: Tensor, eps: float = 1e-6) -> Tensor:
-    """Textbook DIoU ``IoU - rho^2 / c^2``: (R, 4), (G, 4) -> (R, G)."""
-    return pairwise_iou(a, g, eps) - _centre_penalty(a, g, eps)
-
-
 def pairwise_diou_official(a: Tensor, g: Tensor, eps: float = 1e-6) -> Tensor:
-    """LD's official IoF-based "DIoU" ``inter / area(a) - rho^2 / c^2``: (R, 4), (G, 4) -> (R, G)."""
+    """LD's official IoF-based "DIoU" ``inter / area(a) - rho^2 / c^2``: (R, 4), (G, 4) ->
+    (R, G)."""
     lt = torch.max(a[:, None, :2], g[None, :, :2])
     rb = torch.min(a[:, None, 2:], g[None, :, 2:])
     wh = (rb - lt).clamp(min=0)

@@ -1,4 +1,5 @@
-"""d2kd's models. Importing this package registers every meta-architecture, loss and mask generator."""
+"""d2kd's framework and detectors. Importing this package registers every meta-architecture;
+the distillation losses and mask generators are registered by ``d2kd.methods``."""
 
 try:
     import detectron2  # noqa: F401

@@ -50,6 +50,7 @@ def build_adapter(name: str, in_channels: int, out_channels: int) -> nn.Module:
         name = "Identity" if in_channels == out_channels else "Conv1x1"
     if name not in ADAPTER_REGISTRY:
         raise KeyError(
-            f'unknown adapter "{name}"; use "auto" or one of {sorted(k for k, _ in ADAPTER_REGISTRY)}'
+            f'unknown adapter "{name}"; use "auto" or one of '
+            f"{sorted(k for k, _ in ADAPTER_REGISTRY)}"
         )
     return ADAPTER_REGISTRY.get(name)(in_channels, out_channels)

@@ -19,7 +19,10 @@ from torch import Tensor, nn
 
 from d2kd.layers.box_ops import box_centers
 
-__all__ = ["DenseOutputs", "dense_outputs", "decode_boxes", "head_output_dims"]
+from .record import DistillRecord
+
+__all__ = [
+    "DenseOutputs", "dense_outputs", "recorded_dense_outputs", "decode_boxes", "head_output_dims"]
 
 
 @dataclass
@@ -83,8 +86,14 @@ def dense_outputs(model: nn.Module, predictions, anchors: List[Boxes]) -> DenseO
     """
     dims = head_output_dims(model)
     if len(predictions) != len(dims):
-        raise ValueError(f"{type(model).__name__}.head returned {len(predictions)} outputs, expected {len(dims)}")
-    flat = [torch.cat([permute_to_N_HWA_K(x, d) for x in outs], dim=1) for outs, d in zip(predictions, dims)]
+        raise ValueError(
+            f"{type(model).__name__}.head returned {len(predictions)} outputs, "
+            f"expected {len(dims)}"
+        )
+    flat = [
+        torch.cat([permute_to_N_HWA_K(x, d) for x in outs], dim=1)
+        for outs, d in zip(predictions, dims)
+    ]
     level_shapes = [tuple(x.shape[-2:]) for x in predictions[0]]
     level_sizes = [len(a) for a in anchors]
     num_anchors = level_sizes[0] // (level_shapes[0][0] * level_shapes[0][1])
@@ -117,3 +126,17 @@ def decode_boxes(model: nn.Module, box_reg: Tensor, anchors: Tensor) -> Tensor:
     flat_anchors = anchors[None].expand(n, r, 4).reshape(-1, 4)
     boxes = model.box2box_transform.apply_deltas(box_reg.reshape(-1, d), flat_anchors)
     return boxes.reshape(n, r, 4)
+
+
+def recorded_dense_outputs(record: DistillRecord, side: str, model: nn.Module) -> DenseOutputs:
+    """
+    :func:`dense_outputs` of the ``"head"`` and ``"anchor_generator"`` taps of ``side``
+    ("student" or "teacher") recorded in this step, computed once per step and shared through
+    ``record.extras[("dense_outputs", side)]`` (PGD's mask generator and BCKD/LD's pairing read
+    the same teacher head). Callers must not modify the returned object.
+    """
+    key = ("dense_outputs", side)
+    if key not in record.extras:
+        one = record.student_one if side == "student" else record.teacher_one
+        record.extras[key] = dense_outputs(model, one("head"), one("anchor_generator"))
+    return record.extras[key]

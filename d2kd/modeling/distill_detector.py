@@ -21,6 +21,7 @@ from torch import nn
 
 from ..utils.checkpoint import SafeCheckpointer
 from ..utils.comm import reduce_mean
+from ..utils.modules import hold_unregistered
 from .inherit import inherit_teacher_weights
 from .losses import build_distill_losses
 from .record import DistillRecord
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_student(cfg) -> nn.Module:
-    """Build the student: the main config with ``MODEL.META_ARCHITECTURE`` := ``KD.STUDENT_META_ARCHITECTURE``."""
+    """Build the student: the main config with ``MODEL.META_ARCHITECTURE`` :=
+    ``KD.STUDENT_META_ARCHITECTURE``."""
     name = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
     if name == "DistillDetector" or name not in META_ARCH_REGISTRY:
         raise KeyError(
@@ -107,7 +109,8 @@ class DistillDetector(nn.Module):
         """
         super().__init__()
         self.student = student
-        self.__dict__["teacher"] = teacher  # outside the module tree: see the class docstring
+        # Outside the module tree: see the class docstring.
+        hold_unregistered(self, "teacher", teacher)
         self.losses = nn.ModuleDict(losses)
         self.loss_weights = dict(loss_weights)
         self.teacher_run = teacher_run_mode(teacher, teacher_run)
@@ -149,7 +152,8 @@ class DistillDetector(nn.Module):
     def _check_formats(student_format: str, teacher_format: str) -> None:
         if student_format != teacher_format and {student_format, teacher_format} != {"RGB", "BGR"}:
             raise ValueError(
-                f"INPUT.FORMAT: student {student_format} vs teacher {teacher_format}; only RGB<->BGR "
+                f"INPUT.FORMAT: student {student_format} vs teacher {teacher_format}; only "
+                "RGB<->BGR "
                 "can be converted between the two models"
             )
 
@@ -157,7 +161,8 @@ class DistillDetector(nn.Module):
         s, t = _size_divisibility(self.student), _size_divisibility(self.teacher)
         if s != t:
             raise ValueError(
-                f"teacher and student pad images differently (size_divisibility, padding_constraints): "
+                "teacher and student pad images differently (size_divisibility, "
+                "padding_constraints): "
                 f"student {s} vs teacher {t}. Both must see the same padded tensor; set the "
                 "teacher's/student's backbone so that these agree"
             )
@@ -249,7 +254,8 @@ class DistillDetector(nn.Module):
                 for term, value in loss(record).items():
                     if not term.startswith("loss_kd_") or term in out:
                         raise KeyError(
-                            f"{name} returned term '{term}': names must start with loss_kd_ and be unique"
+                            f"{name} returned term '{term}': names must start with loss_kd_ and "
+                            "be unique"
                         )
                     out[term] = value * weight
         return out
@@ -270,6 +276,7 @@ class DistillDetector(nn.Module):
             self._warned_ratio = True
             logger.warning(
                 f"distillation losses are {ratio:.1f}x the detection losses (> MODEL.KD.WARN_RATIO "
-                f"{self.warn_ratio}); consider lower MODEL.KD.LOSS_WEIGHTS (users' rule of thumb: the "
+                f"{self.warn_ratio}); consider lower MODEL.KD.LOSS_WEIGHTS (users' rule of thumb: "
+                "the "
                 "smallest KD term at 0.1-2x the detection losses)"
             )

@@ -34,7 +34,8 @@ def inherit_teacher_weights(
         s_state[name].copy_(t_value)
         copied.append(name)
     logger.info(
-        f"Inherited {len(copied)} teacher tensors into the student (excluded prefixes {list(exclude)}); "
+        f"Inherited {len(copied)} teacher tensors into the student (excluded prefixes "
+        f"{list(exclude)}); "
         f"skipped for shape mismatch: {skipped}"
     )
     return copied, skipped

@@ -85,7 +85,8 @@ def zoo_weights_url(cfg: CfgNode) -> str:
     if not zoo_config_path(kd.CONFIG_FILE):
         raise ValueError(
             f"MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO needs MODEL.KD.TEACHER.CONFIG_FILE to be a "
-            f'Detectron2 model-zoo config name (e.g. "COCO-Detection/retinanet_R_101_FPN_3x.yaml"), '
+            "Detectron2 model-zoo config name "
+            f'(e.g. "COCO-Detection/retinanet_R_101_FPN_3x.yaml"), '
             f'got "{kd.CONFIG_FILE}"'
         )
     try:
@@ -110,7 +111,8 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     path = cfg.MODEL.KD.TEACHER.CONFIG_FILE
     if not path:
         raise ValueError(
-            "MODEL.KD.TEACHER.CONFIG_FILE is empty: a distillation config must name the teacher's config file"
+            "MODEL.KD.TEACHER.CONFIG_FILE is empty: a distillation config must name the teacher's "
+            "config file"
         )
     path = resolve_config_path(path)
     tcfg = get_d2kd_cfg()
@@ -132,7 +134,8 @@ def _refuse_distillation_checkpoint(path: str, incompatible) -> None:
     unexpected = list(incompatible.unexpected_keys) if incompatible is not None else []
     if unexpected and any(k.startswith("student.") for k in unexpected):
         raise ValueError(
-            f"{SETTING}: {path} is a d2kd distillation checkpoint (its keys start with 'student.'), "
+            f"{SETTING}: {path} is a d2kd distillation checkpoint "
+            "(its keys start with 'student.'), "
             "not a detector's own checkpoint. Write the student's weights first, then use that "
             f"file as the teacher: python tools/extract_student.py {path} teacher.pth"
         )

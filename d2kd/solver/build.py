@@ -8,13 +8,17 @@ the whole model (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: "full_model"``), where Detec
 parameter.
 """
 
-import itertools
+import functools
 from typing import Any, Dict, List
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_optimizer as d2_build_optimizer
-from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.solver.build import (
+    _generate_optimizer_class_with_gradient_clipping,
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+)
 from torch import nn
 
 __all__ = ["build_optimizer", "optimizer_param_groups", "lr_multiplier"]
@@ -35,33 +39,25 @@ def lr_multiplier(name: str, cfg: CfgNode) -> float:
 def optimizer_param_groups(cfg: CfgNode, model: nn.Module) -> List[Dict[str, Any]]:
     """
     One group per learning-rate factor over the trainable parameters (each parameter once), with
-    ``SOLVER.WEIGHT_DECAY`` on all of them as Deformable DETR does.
+    ``SOLVER.WEIGHT_DECAY`` on all of them (norms and biases included) as Deformable DETR does:
+    Detectron2's ``get_default_optimizer_params`` with :func:`lr_multiplier` as ``lr_factor_func``.
     """
-    groups: Dict[float, List[nn.Parameter]] = {}
-    seen = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        groups.setdefault(lr_multiplier(name, cfg), []).append(p)
-    return [
-        {"params": params, "lr": cfg.SOLVER.BASE_LR * mult, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
-        for mult, params in groups.items()
-    ]
+    return get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        lr_factor_func=functools.partial(lr_multiplier, cfg=cfg),
+    )
 
 
 def _full_model_clipping(optimizer_type: type, max_norm: float, norm_type: float) -> type:
-    """A subclass of ``optimizer_type`` whose ``step`` first clips the norm of all gradients."""
+    """A subclass of ``optimizer_type`` whose ``step`` first clips the norm of all gradients
+    (Detectron2's global clipper, which it keeps for DETR)."""
 
-    def step(self, closure=None):
-        params = itertools.chain(*[g["params"] for g in self.param_groups])
+    def clip(params):
         torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-        return super(new_type, self).step(closure)
 
-    new_type = type(
-        optimizer_type.__name__ + "WithFullModelClip", (optimizer_type,), {"step": step}
-    )
-    return new_type
+    return _generate_optimizer_class_with_gradient_clipping(optimizer_type, global_clipper=clip)
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:

@@ -202,7 +202,8 @@ def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -
 
 
 def safe_load_file(filename: str, setting: str, source: Optional[str] = None) -> Any:
-    """A ``.pkl`` through :func:`restricted_pickle_load`, anything else through :func:`safe_torch_load`."""
+    """A ``.pkl`` through :func:`restricted_pickle_load`, anything else through
+    :func:`safe_torch_load`."""
     if filename.endswith(".pkl"):
         return restricted_pickle_load(filename, setting, source)
     return safe_torch_load(filename, setting, source)

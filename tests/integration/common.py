@@ -8,6 +8,8 @@ from typing import List
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data.datasets import load_coco_json
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
@@ -123,3 +125,67 @@ def zoo_mirror(root: str):
         yield handler
     finally:
         PathManager._path_handlers = saved
+
+
+# ----------------------------------------------------------------------------- dense feature KD
+# Small and fast on CPU: R18 everywhere, 64-channel FPN/head, 64 px inputs.
+SMALL = [
+    "MODEL.RESNETS.DEPTH",
+    18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    64,
+    "MODEL.FPN.OUT_CHANNELS",
+    64,
+]
+INPUT = ["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64]
+LEVELS = [f"p{i}" for i in range(3, 8)]
+NARROW = ["MODEL.FPN.OUT_CHANNELS", 32]  # student FPN/head 32 wide, teacher 64
+
+
+def small_kd_model(config, opts=(), teacher_opts=()):
+    """A shapes KD config with R18 models on both sides, 64 px inputs; (cfg, model)."""
+    t_opts = ["MODEL.DEVICE", "cpu", *SMALL, *teacher_opts]
+    cfg = tiny_cfg(config, [*SMALL, *INPUT, "MODEL.KD.TEACHER.OPTS", t_opts, *opts])
+    return cfg, build_model(cfg)
+
+
+def kd_step(cfg, model, data, n=2):
+    """One training forward + backward on ``data[:n]``; checks finiteness and the frozen teacher."""
+    model.train()
+    with EventStorage(0):
+        losses = model(make_batch(cfg, data[:n]))
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    return losses
+
+
+def kd_keys(losses, method):
+    return sorted(k for k in losses if k.startswith(f"loss_kd_{method}_"))
+
+
+def same_weights_model(config, student_config):
+    """Teacher = student architecture with the student's weights; FrozenBN so train == eval."""
+    frozen = ["MODEL.RESNETS.NORM", "FrozenBN"]
+    teacher_cfg = ["MODEL.KD.TEACHER.CONFIG_FILE", f"{REPO}/configs/shapes/{student_config}"]
+    cfg, model = small_kd_model(config, [*frozen, *teacher_cfg], frozen)
+    model.teacher.load_state_dict(model.student.state_dict())
+    return cfg, model
+
+
+def check_images_without_objects(cfg, model, data):
+    """Finite losses with one, then all images empty; foreground terms exactly 0 for the latter."""
+    batch = make_batch(cfg, data[:2])
+    batch[0]["instances"] = batch[0]["instances"][:0]
+    model.train()
+    with EventStorage(0):
+        losses = model(batch)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+    for x in batch:
+        x["instances"] = x["instances"][:0]
+    with EventStorage(0):
+        losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    fg = [v for k, v in losses.items() if "_fg_" in k or k.startswith("loss_kd_pgd_reg")]
+    assert all(v.item() == 0.0 for v in fg)  # no object: no key region, no foreground

@@ -1,4 +1,5 @@
-"""ATSS from its yacs config on CPU: anchors, taps, training steps, eval, and as a KD teacher/student."""
+"""ATSS from its yacs config on CPU: anchors, taps, training steps, eval, and as a KD
+teacher/student."""
 
 import pytest
 

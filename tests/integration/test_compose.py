@@ -32,3 +32,28 @@ def test_feature_and_logit_kd_together(config, prefixes, tmp_path):
         terms = [k for k in losses if k.startswith(prefix)]
         assert terms and all(torch.isfinite(losses[k]) for k in terms)
     assert model.losses["BCKDLoss"].cls_weight == 0.25
+
+
+def test_pgd_and_bckd_flatten_the_teacher_head_once(tmp_path, monkeypatch):
+    import importlib
+
+    # (d2kd.modeling's own dense_outputs function shadows the module of that name)
+    dense = importlib.import_module("d2kd.modeling.dense_outputs")
+
+    cfg = tiny_cfg("shapes/kd/pgd_bckd_fcos_R50_to_R18.yaml", ["MODEL.KD.TEACHER.OPTS", R18])
+    model = build_model(cfg)
+    calls = []
+    real = dense.dense_outputs
+
+    def counting(m, *args):
+        calls.append(m)
+        return real(m, *args)
+
+    monkeypatch.setattr(dense, "dense_outputs", counting)
+    batch = make_batch(cfg, tiny_shapes(str(tmp_path), n=2))
+    model.train()
+    with EventStorage(0):
+        model(batch)
+    # PGD's mask generator and BCKD's pairing share the teacher's flattened head (record.extras).
+    assert sum(m is model.teacher for m in calls) == 1
+    assert sum(m is model.student for m in calls) == 1

@@ -1,4 +1,5 @@
-"""tools/demo.py shortened to a few iterations per stage: every stage runs and the table is written."""
+"""tools/demo.py shortened to a few iterations per stage: every stage runs and the table is
+written."""
 
 import csv
 import importlib.util

@@ -1,6 +1,6 @@
-"""DistillDetector + DETRDistillLoss on tiny DeformableDETRs (64 px, CPU): loss terms per
-component, the frozen teacher, agreement checks with a teacher equal to the student, and
-build-time errors."""
+"""DistillDetector + DETRDistill's four losses on tiny DeformableDETRs (64 px, CPU): the terms of
+each loss and of their compositions, the frozen teacher, agreement checks with a teacher equal to
+the student, the student's query-group entry point, and build-time errors."""
 
 import pytest
 
@@ -20,6 +20,13 @@ D = "MODEL.KD.DETRDISTILL."
 P = "loss_kd_detrdistill_"
 LOGITS = {P + "logits_cls", P + "logits_l1", P + "logits_giou"}
 QUERY = {P + "query_cls", P + "query_l1", P + "query_giou"}
+LOGITS_LOSS, FEAT_LOSS = "DETRLogitsDistillLoss", "DETRFeatureDistillLoss"
+QUERY_LOSS, CONTRAST_LOSS = "DETRQueryPriorLoss", "DETRQueryContrastLoss"
+
+
+def _losses(*names):
+    """Opts composing ``names`` (each at weight 1)."""
+    return ["MODEL.KD.LOSSES", list(names), "MODEL.KD.LOSS_WEIGHTS", [1.0] * len(names)]
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +47,19 @@ def _step(cfg, model, data):
 
 
 @pytest.mark.parametrize(
-    "flags, expected",
+    "names, expected",
     [
-        ((True, True, True, False), LOGITS | {P + "feat"} | QUERY),
-        ((True, False, False, False), LOGITS),
-        ((False, True, False, False), {P + "feat"}),
-        ((False, False, True, False), QUERY),
-        ((False, False, False, True), {P + "contrast"}),
+        ((LOGITS_LOSS, FEAT_LOSS, QUERY_LOSS), LOGITS | {P + "feat"} | QUERY),
+        ((LOGITS_LOSS,), LOGITS),
+        ((FEAT_LOSS,), {P + "feat"}),
+        ((QUERY_LOSS,), QUERY),
+        ((CONTRAST_LOSS,), {P + "contrast"}),
+        ((CONTRAST_LOSS, LOGITS_LOSS), LOGITS | {P + "contrast"}),
     ],
 )
-def test_each_component_switches_its_terms(data, flags, expected):
-    opts = [D + "CONTRAST.PROJ_DIM", 16]
-    for name, on in zip(("LOGITS", "FEAT", "QUERY_PRIOR", "CONTRAST"), flags):
-        opts += [D + name + ".ENABLED", on]
-    cfg, model = _model(opts)
+def test_each_loss_gives_its_terms(data, names, expected):
+    cfg, model = _model([D + "CONTRAST.PROJ_DIM", 16, *_losses(*names)])
+    assert list(model.losses) == list(names)
     losses = _step(cfg, model, data)
     kd = {k for k in losses if k.startswith("loss_kd_")}
     assert kd == expected
@@ -67,13 +73,53 @@ def test_each_component_switches_its_terms(data, flags, expected):
     )
 
 
-def test_default_is_the_official_recipe_without_contrast(data):
+def test_the_config_is_the_paper_setting(data):
     cfg, model = _model()
-    loss = model.losses["DETRDistillLoss"]
-    assert loss.stage_map == [1, 2]  # student stages 1, 2 -> teacher stages 2, 3
-    assert not hasattr(loss, "contrast_head")
+    assert list(model.losses) == [LOGITS_LOSS, FEAT_LOSS, QUERY_LOSS]
+    assert all(loss.stage_map == [1, 2] for loss in model.losses.values() if loss.stage_map)
+    # student stages 1, 2 -> teacher stages 2, 3
     assert not any(k.startswith("teacher") or ".student." in k for k in model.state_dict())
-    assert loss.student is model.student and "student" not in dict(loss.named_children())
+    query = model.losses[QUERY_LOSS]
+    assert query.student is model.student and "student" not in dict(query.named_children())
+    assert query.teacher is model.teacher and "teacher" not in dict(query.named_children())
+
+
+def test_logits_and_contrast_losses_match_once_per_step(data, monkeypatch):
+    import d2kd.methods.detrdistill.loss as loss_module
+
+    calls = []
+    real = loss_module.match_to_teacher
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(loss_module, "match_to_teacher", counting)
+    opts = [D + "CONTRAST.PROJ_DIM", 16, *_losses(LOGITS_LOSS, CONTRAST_LOSS)]
+    cfg, model = _model(opts)
+    _step(cfg, model, data)
+    assert len(calls) == 2  # one per student stage, shared by the two losses
+
+
+def test_query_group_entry_point_decodes_other_queries(data):
+    """The student's forward_query_group on its own queries reproduces its own predictions, and
+    rerunning the encoder gives the same memory (no dropout, FrozenBN)."""
+    cfg, model = _model(["MODEL.RESNETS.NORM", "FrozenBN"])
+    student = model.student
+    student.eval()
+    batch = make_batch(cfg, data[:2])
+    with torch.no_grad():
+        images, out = student.forward_distill(batch)
+        logits, boxes, hs = student.forward_query_group(out.encoder, student.query_embed.weight)
+        again = student.forward_query_group(
+            out.encoder, student.query_embed.weight, rerun_encoder=True
+        )
+        other = student.forward_query_group(out.encoder, model.teacher.query_embed.weight)
+    assert torch.equal(logits, out.pred_logits) and torch.equal(boxes, out.pred_boxes)
+    assert torch.allclose(again[0], logits, atol=1e-5)
+    assert other[0].shape == (2, 2, model.teacher.num_queries, 4) and not torch.equal(
+        other[0][:, :, : student.num_queries], logits
+    )
 
 
 def test_teacher_equal_to_student_agrees(data):
@@ -98,17 +144,18 @@ def test_teacher_equal_to_student_agrees(data):
 
 def test_rerun_encoder_and_memory_source_run(data):
     cfg, model = _model([D + "QUERY_PRIOR.RERUN_ENCODER", True, D + "FEAT.SOURCE", "memory",
-                         D + "FEAT.MASK_PADDING", True, D + "LOGITS.STAGE_MAP", "last"])  # fmt: skip
-    assert model.losses["DETRDistillLoss"].stage_map == [2, 2]
+                         D + "FEAT.MASK_PADDING", True, D + "STAGE_MAP", "last"])  # fmt: skip
+    assert model.losses[QUERY_LOSS].stage_map == [2, 2]
+    assert model.losses[LOGITS_LOSS].stage_map == [2, 2]
     losses = _step(cfg, model, data)
     assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_feature_adapter_when_widths_differ(data):
     cfg, model = _model(
-        [D + "QUERY_PRIOR.ENABLED", False], teacher_opts=["MODEL.DEFORMABLE_DETR.HIDDEN_DIM", 64]
+        _losses(LOGITS_LOSS, FEAT_LOSS), teacher_opts=["MODEL.DEFORMABLE_DETR.HIDDEN_DIM", 64]
     )
-    adapters = model.losses["DETRDistillLoss"].adapters
+    adapters = model.losses[FEAT_LOSS].adapters
     assert len(adapters) == 4 and adapters[0].weight.shape[:2] == (64, 32)
     losses = _step(cfg, model, data)
     sum(losses.values()).backward()
@@ -119,23 +166,11 @@ def test_build_time_errors(tmp_path):
     with pytest.raises(ValueError, match="HIDDEN_DIM"):
         _model(teacher_opts=["MODEL.DEFORMABLE_DETR.HIDDEN_DIM", 64])
     with pytest.raises(ValueError, match="NUM_FEATURE_LEVELS"):
-        _model(
-            [D + "QUERY_PRIOR.ENABLED", False],
-            teacher_opts=["MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS", 3],
-        )
-    with pytest.raises(ValueError, match="all disabled"):
-        _model(
-            [
-                D + "LOGITS.ENABLED",
-                False,
-                D + "FEAT.ENABLED",
-                False,
-                D + "QUERY_PRIOR.ENABLED",
-                False,
-            ]
-        )
+        _model(_losses(FEAT_LOSS), teacher_opts=["MODEL.DEFORMABLE_DETR.NUM_FEATURE_LEVELS", 3])
     with pytest.raises(ValueError, match="STAGE_MAP"):
-        _model([D + "LOGITS.STAGE_MAP", "first"])
+        _model([D + "STAGE_MAP", "first"])
+    with pytest.raises(KeyError, match="DETRDistillLoss"):  # the former single loss is gone
+        _model(_losses("DETRDistillLoss"))
     with pytest.raises(ValueError, match="FEAT.SOURCE"):
         _model([D + "FEAT.SOURCE", "backbone"])
     with pytest.raises(ValueError, match="NUM_CLASSES"):
@@ -154,7 +189,7 @@ def test_non_detr_teacher_is_rejected():
         build_model(cfg)
     cfg = tiny_cfg(
         "shapes/kd/mse_retinanet_R50_to_R18.yaml",
-        ["MODEL.KD.LOSSES", ["DETRDistillLoss"], "MODEL.KD.TEACHER.OPTS",
+        ["MODEL.KD.LOSSES", [QUERY_LOSS], "MODEL.KD.TEACHER.OPTS",
          ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]],
     )  # fmt: skip
     with pytest.raises(TypeError, match="DETR-type student"):
@@ -167,13 +202,17 @@ def test_coco_configs_chain_to_deformable_detr_teachers():
 
     from tests.integration.common import config_path
 
-    for leaf, depth in (("R101_to_R50", 50), ("R101_to_R18", 18)):
+    paper = [LOGITS_LOSS, FEAT_LOSS, QUERY_LOSS]
+    for leaf, depth, losses, weights in (
+        ("deformable_detr_R101_to_R50", 50, paper, [1.0] * 3),
+        ("deformable_detr_R101_to_R18", 18, paper, [1.0] * 3),
+        ("contrast_deformable_detr_R101_to_R50", 50, paper + [CONTRAST_LOSS], [1.0] * 3 + [0.2]),
+    ):
         cfg = get_d2kd_cfg()
-        cfg.merge_from_file(
-            config_path(f"detrdistill/detrdistill_deformable_detr_{leaf}_50ep.yaml")
-        )
+        cfg.merge_from_file(config_path(f"detrdistill/detrdistill_{leaf}_50ep.yaml"))
         cfg.freeze()
-        assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.KD.LOSSES == ["DETRDistillLoss"]
+        assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.KD.LOSSES == losses
+        assert cfg.MODEL.KD.LOSS_WEIGHTS == weights
         assert (
             cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE == "full_model"
         )
@@ -182,7 +221,6 @@ def test_coco_configs_chain_to_deformable_detr_teachers():
             teacher.MODEL.META_ARCHITECTURE == "DeformableDETR"
             and teacher.MODEL.RESNETS.DEPTH == 101
         )
-        assert not cfg.MODEL.KD.DETRDISTILL.CONTRAST.ENABLED
 
 
 def test_mixed_precision_forward_keeps_kd_terms_in_fp32(data):
@@ -195,7 +233,8 @@ def test_mixed_precision_forward_keeps_kd_terms_in_fp32(data):
 
 
 def test_images_without_annotations_stay_finite(data):
-    cfg, model = _model([D + "CONTRAST.ENABLED", True, D + "CONTRAST.PROJ_DIM", 16])
+    names = (LOGITS_LOSS, FEAT_LOSS, QUERY_LOSS, CONTRAST_LOSS)
+    cfg, model = _model([D + "CONTRAST.PROJ_DIM", 16, *_losses(*names)])
     batch = make_batch(cfg, data[:2])
     batch[0]["instances"] = batch[0]["instances"][:0]  # one empty image
     model.train()

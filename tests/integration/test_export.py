@@ -1,4 +1,5 @@
-"""A distillation checkpoint -> a student checkpoint stock Detectron2 loads with no key left over."""
+"""A distillation checkpoint -> a student checkpoint stock Detectron2 loads with no key
+left over."""
 
 import pytest
 

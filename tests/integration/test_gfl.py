@@ -1,4 +1,5 @@
-"""GFL from its yacs config on CPU: decoding, taps, training steps, eval, and as a KD teacher/student."""
+"""GFL from its yacs config on CPU: decoding, taps, training steps, eval, and as a KD
+teacher/student."""
 
 import pytest
 
@@ -60,7 +61,8 @@ def test_kd_decode_boxes_by_hand(model_and_cfg):
     for side, k in enumerate([1, 2, 3, 4]):
         logits[..., side, k] = 0.0
     boxes = model.kd_decode_boxes(logits.reshape(1, 2, 68), anchors)
-    # ltrb (1, 2, 3, 4) strides: stride 8 -> (8-8, 0-16, 8+24, 0+32); stride 32 -> 32 -/+ (32, 64, 96, 128).
+    # ltrb (1, 2, 3, 4) strides: stride 8 -> (8-8, 0-16, 8+24, 0+32); stride 32 -> 32 -/+ (32, 64,
+    # 96, 128).
     expected = torch.tensor([[[0.0, -16, 32, 32], [0, -32, 128, 160]]])
     assert torch.allclose(boxes, expected, atol=1e-3)
     assert torch.allclose(

@@ -11,15 +11,15 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
-from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
-from d2kd.layers.kd_kl import kl_div_with_temperature  # noqa: E402
-from d2kd.layers.vlr import vlr_region  # noqa: E402
-from d2kd.modeling.losses.ld import LDLoss  # noqa: E402
+from d2kd.methods.ld.kd_kl import kl_div_with_temperature  # noqa: E402
+from d2kd.methods.ld.loss import LDLoss  # noqa: E402
+from d2kd.methods.ld.vlr import vlr_region  # noqa: E402
 from d2kd.modeling.record import DistillRecord  # noqa: E402
 
 from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
@@ -195,10 +195,6 @@ def test_ld_on_a_head_without_distributions_is_a_clear_error():
 
 
 # ------------------------------------------------------------------ with d2kd's GFL detector
-needs_gfl = pytest.mark.skipif(
-    "GFL" not in META_ARCH_REGISTRY,
-    reason="the GFL meta-architecture is not registered in this checkout (it lands with the ATSS/GFL work)",
-)
 SMALL = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
 FROZEN = ["MODEL.RESNETS.NORM", "FrozenBN"]
 
@@ -208,7 +204,6 @@ def data(tmp_path_factory):
     return tiny_shapes(str(tmp_path_factory.mktemp("shapes")), n=4)
 
 
-@needs_gfl
 @pytest.mark.parametrize("config", ["ld_gfl_R50_to_R18.yaml", "bckd_gfl_R50_to_R18.yaml"])
 def test_gfl_train_step_and_zero_kd_with_the_students_weights(config, data):
     t_opts = ["MODEL.DEVICE", "cpu", *SMALL, *FROZEN]

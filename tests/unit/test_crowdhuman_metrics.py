@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from d2kd.layers.crowdhuman_metrics import (
+from d2kd.evaluation.crowdhuman_metrics import (
     CrowdHumanImage,
     average_precision,
     caltech_match,

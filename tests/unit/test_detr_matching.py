@@ -8,7 +8,7 @@ import torch
 from d2kd.layers.box_ops import aligned_giou as elementwise_generalized_box_iou
 from d2kd.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from d2kd.layers.box_ops import pairwise_giou as pairwise_generalized_box_iou
-from d2kd.layers.detr.criterion import SetCriterion, sigmoid_focal_loss
+from d2kd.layers.detr.criterion import SetCriterion
 from d2kd.layers.detr.matcher import HungarianMatcher, focal_class_cost, linear_assignment
 
 
@@ -86,9 +86,3 @@ def test_criterion_by_hand():
     }
     assert full["loss_bbox"].item() == pytest.approx(0.0, abs=1e-6)  # the matcher picks query 0
     torch.testing.assert_close(full["loss_ce"], losses["loss_ce"])
-
-
-def test_sigmoid_focal_loss_reduces_to_bce_without_focusing():
-    logits, targets = torch.randn(5, 3), torch.randint(0, 2, (5, 3)).float()
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, alpha=-1, gamma=0.0), bce)

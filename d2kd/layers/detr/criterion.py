@@ -11,35 +11,21 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from d2kd.utils.comm import reduce_mean
 
 from ..box_ops import DETR_EPS, aligned_giou, box_cxcywh_to_xyxy
 from .matcher import HungarianMatcher
 
-__all__ = ["sigmoid_focal_loss", "average_num_boxes", "SetCriterion"]
+__all__ = ["average_num_boxes", "SetCriterion"]
 
 Indices = Tuple[Tensor, Tensor]
 
 
-def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
-    """Element-wise focal loss (Lin et al. 2017) of logits against {0, 1} (or soft) targets."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss
-
-
 def average_num_boxes(num: float, device: torch.device) -> float:
     """The number of target boxes averaged over distributed workers, at least 1."""
-    t = torch.as_tensor([float(num)], device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-        t = t / torch.distributed.get_world_size()
-    return max(float(t.item()), 1.0)
+    return max(float(reduce_mean(torch.as_tensor([float(num)], device=device)).item()), 1.0)
 
 
 class SetCriterion(nn.Module):

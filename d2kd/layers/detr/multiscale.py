@@ -34,7 +34,8 @@ class MultiScaleProjection(nn.Module):
         super().__init__()
         if num_levels < len(in_channels):
             raise ValueError(
-                f"NUM_FEATURE_LEVELS {num_levels} is smaller than the {len(in_channels)} IN_FEATURES"
+                f"NUM_FEATURE_LEVELS {num_levels} is smaller than the {len(in_channels)} "
+                "IN_FEATURES"
             )
         groups = math.gcd(32, hidden_dim)
         layers = [

@@ -56,7 +56,8 @@ class MobileNetV2(Backbone):
         bad = [f for f in out_features if f not in _STAGES]
         if bad or not out_features:
             raise KeyError(
-                f"MODEL.MOBILENETV2.OUT_FEATURES {list(out_features)}: valid names are {list(_STAGES)}"
+                f"MODEL.MOBILENETV2.OUT_FEATURES {list(out_features)}: valid names are "
+                f"{list(_STAGES)}"
             )
         if not norm:
             raise ValueError('MODEL.MOBILENETV2.NORM must name a norm ("BN", "SyncBN", "FrozenBN")')
@@ -115,7 +116,8 @@ def build_mobilenetv2_backbone(cfg, input_shape: ShapeSpec) -> MobileNetV2:
     """MobileNetV2 from ``MODEL.MOBILENETV2``."""
     if input_shape.channels != 3:
         raise ValueError(
-            f"MobileNetV2 takes 3-channel images, got {input_shape.channels} (check MODEL.PIXEL_MEAN)"
+            f"MobileNetV2 takes 3-channel images, got {input_shape.channels} (check "
+            "MODEL.PIXEL_MEAN)"
         )
     c = cfg.MODEL.MOBILENETV2
     return MobileNetV2(

@@ -7,15 +7,21 @@ Training returns the set-prediction losses (``loss_ce``, ``loss_bbox``, ``loss_g
 ``TEST.DETECTIONS_PER_IMAGE`` (query, class) pairs, as every Detectron2 detector, so
 ``COCOEvaluator`` and ``train_net.py`` work unchanged.
 
-For distillation, :meth:`detr_outputs` is the one method the training forward calls to predict
-(a student tap ``"detr_outputs()"`` records its :class:`DETROutputs`), :meth:`forward_distill`
-returns the same for a teacher, and :meth:`decode_with_queries` runs the decoder on any queries
-over a recorded encoder memory.
+Entry points for distillation (the only ones a distillation loss calls):
+
+- :meth:`detr_outputs`: the one method the training forward calls to predict (a student tap
+  ``"detr_outputs()"`` records its :class:`DETROutputs`); :meth:`forward_distill` returns the same
+  for a teacher;
+- :meth:`forward_query_group`: a training-only extra decoder pass of other queries (e.g. a
+  teacher's) over the encoder state of this model's own forward (DETRDistill's query prior);
+- :meth:`prepare_targets`, :meth:`match` and :meth:`set_losses`: this model's targets, Hungarian
+  matcher and set-prediction losses of one stage, for predictions made outside its forward.
 
 Shape shorthand: K decoder stages; B images; N queries; C classes; d hidden channels.
 """
 
-from typing import Any, Dict, List, Tuple
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 from d2kd.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from d2kd.layers.detr.criterion import SetCriterion
 from d2kd.layers.detr.heads import DetrPredictionHeads
-from d2kd.layers.detr.matcher import HungarianMatcher
+from d2kd.layers.detr.matcher import HungarianMatcher, Indices
 from d2kd.layers.detr.multiscale import MultiScaleProjection
 from d2kd.layers.detr.outputs import DETROutputs, EncoderState
 from d2kd.layers.detr.position_encoding import PositionEmbeddingSine
@@ -212,13 +218,66 @@ class DeformableDETR(nn.Module):
         """
         if query_embed.shape[-1] != 2 * self.hidden_dim:
             raise ValueError(
-                f"queries of width {query_embed.shape[-1]} given to a decoder of width 2 x {self.hidden_dim}"
+                f"queries of width {query_embed.shape[-1]} given to a decoder of width 2 x "
+                f"{self.hidden_dim}"
             )
         hs, init_ref, inter_refs = self.transformer.decode(
             state, query_embed, self.heads.refine_embed
         )
         logits, boxes = self.heads(hs, init_ref, inter_refs)
         return logits, boxes, hs
+
+    def forward_query_group(
+        self, state: EncoderState, query_embed: Tensor, rerun_encoder: bool = False
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """
+        A training-only extra query group: ``query_embed`` through this model's decoder and heads
+        over the encoder state of its own forward (recorded in :class:`DETROutputs` ``.encoder``).
+        Inference never runs it. DETRDistill's query-prior loss decodes the teacher's queries here.
+
+        Args:
+            state: the :class:`EncoderState` of this model's forward on the same batch.
+            query_embed: (N', 2d) queries.
+            rerun_encoder: run the encoder again on the state's flattened inputs (as DETRDistill's
+                official code does) instead of reusing ``state.memory``.
+        Returns:
+            logits (K, B, N', C), boxes (K, B, N', 4), hs (K, B, N', d).
+        """
+        if rerun_encoder:
+            state = self.transformer.encode(dataclasses.replace(state, memory=None))
+        return self.decode_with_queries(state, query_embed)
+
+    def match(
+        self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]]
+    ) -> List[Indices]:
+        """
+        This model's Hungarian matching of one stage's predictions to the targets (no gradient).
+
+        Args:
+            logits: (B, N, C); boxes: (B, N, 4) normalised cxcywh; targets: from
+                :meth:`prepare_targets`.
+        Returns:
+            B pairs (query_idx, target_idx).
+        """
+        return self.criterion.matcher(logits, boxes, targets)
+
+    def set_losses(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        targets: List[Dict[str, Tensor]],
+        indices: List[Indices],
+        num_boxes: Optional[float] = None,
+    ) -> Dict[str, Tensor]:
+        """
+        This model's weighted set-prediction losses (``loss_ce``, ``loss_bbox``, ``loss_giou``) of
+        one stage for a given assignment.
+
+        Args:
+            logits: (B, N, C); boxes: (B, N, 4); indices: B pairs (query_idx, target_idx).
+            num_boxes: normaliser (default: the all-reduced number of targets).
+        """
+        return self.criterion.stage_losses(logits, boxes, targets, indices, num_boxes)
 
     def prepare_targets(self, gt_instances: List[Instances]) -> List[Dict[str, Tensor]]:
         """GT Instances -> {"labels": (G,), "boxes": (G, 4) cxcywh normalised by the image size}."""

@@ -1,5 +1,6 @@
 """
-Teacher and student head outputs at the same priors: the shared input of the logit losses (BCKD, LD).
+Teacher and student head outputs at the same priors: the shared input of the logit losses (BCKD,
+LD).
 
 Shape shorthand: N images, R priors (all levels, Detectron2's (level, y, x, anchor) order), K
 classes, D box-regression width. Both models must read the same levels with the same anchors (or
@@ -7,17 +8,18 @@ points) per location, so tensors match prior by prior; this is checked at build 
 (:func:`check_dense_pair`) and again on the recorded anchors every step.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import List, Sequence
 
 import torch
-from detectron2.utils import comm
 from torch import Tensor, nn
 
 from d2kd.layers.prior_mask import valid_prior_mask
+from d2kd.utils.comm import reduce_mean
 
 from ..checks import check_same_num_classes, check_same_strides
-from ..dense_outputs import DenseOutputs, dense_outputs
+from ..dense_outputs import DenseOutputs, recorded_dense_outputs
 from ..record import DistillRecord
 from ..teacher import teacher_run_mode
 
@@ -79,7 +81,8 @@ def check_dense_pair(student: nn.Module, teacher: nn.Module, loss: str, teacher_
     if teacher_run_mode(teacher, teacher_run) != "dense":
         raise ValueError(
             f'{loss} reads the teacher\'s head outputs: MODEL.KD.TEACHER.RUN must be "dense" (or '
-            f'"auto" with a dense teacher), got "{teacher_run}" for a {type(teacher).__name__} teacher'
+            f'"auto" with a dense teacher), got "{teacher_run}" for a {type(teacher).__name__} '
+            "teacher"
         )
     if not callable(getattr(student, "label_anchors", None)):
         raise TypeError(
@@ -93,7 +96,8 @@ def check_dense_pair(student: nn.Module, teacher: nn.Module, loss: str, teacher_
     )
     if s != t:
         raise ValueError(
-            f"{loss} compares teacher and student prior by prior, but the teacher has {t} anchors per "
+            f"{loss} compares teacher and student prior by prior, but the teacher has {t} anchors "
+            "per "
             f"location and the student {s}: use the same MODEL.ANCHOR_GENERATOR (sizes, aspect "
             "ratios) in both configs"
         )
@@ -112,10 +116,8 @@ def _prior_weights(s: DenseOutputs, image_sizes: Sequence, ignore_padding: bool,
 
 
 def _flatten(model: nn.Module, record: DistillRecord, side: str) -> DenseOutputs:
-    one = record.student_one if side == "student" else record.teacher_one
-    out = dense_outputs(model, one("head"), one("anchor_generator"))
-    out.logits, out.box_reg = out.logits.float(), out.box_reg.float()
-    return out
+    out = recorded_dense_outputs(record, side, model)  # shared: copy, never modify
+    return dataclasses.replace(out, logits=out.logits.float(), box_reg=out.box_reg.float())
 
 
 def gather_dense_pair(
@@ -148,7 +150,4 @@ def num_positives_normalizer(positives: Tensor) -> float:
         positives: (N, R) bool.
     """
     per_image = positives.sum(dim=1).clamp(min=1).sum().float()
-    if comm.get_world_size() > 1:
-        torch.distributed.all_reduce(per_image)
-        per_image = per_image / comm.get_world_size()
-    return max(float(per_image), 1.0)
+    return max(float(reduce_mean(per_image)), 1.0)

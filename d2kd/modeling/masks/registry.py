@@ -4,7 +4,8 @@ from detectron2.utils.registry import Registry
 
 MASK_GENERATOR_REGISTRY = Registry("KD_MASK_GENERATOR")
 MASK_GENERATOR_REGISTRY.__doc__ = """
-Registry for mask generators. A generator is an ``nn.Module`` built as ``cls(cfg, student, teacher)``
+Registry for mask generators. A generator is an ``nn.Module`` built as ``cls(cfg, student,
+teacher)``
 (``@configurable``); its ``forward(record: DistillRecord, level_shapes, strides)`` returns, per
 level, a float mask of shape (N, 1, H_l, W_l) (or a dict of such lists when it makes several
 masks, e.g. foreground and background). Masks of one image never depend on another image.

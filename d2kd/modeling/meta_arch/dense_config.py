@@ -1,4 +1,5 @@
-"""The ``from_config`` entries that d2kd's FCOS, ATSS and GFL read alike from ``cfg.MODEL.<node>``."""
+"""The ``from_config`` entries that d2kd's FCOS, ATSS and GFL read alike from
+``cfg.MODEL.<node>``."""
 
 from typing import Dict, List
 

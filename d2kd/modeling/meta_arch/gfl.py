@@ -134,7 +134,8 @@ class GFL(SquareAnchorDetector):
 
     @property
     def kd_head_output_dims(self) -> List[int]:
-        """Per-anchor widths of the head's outputs: joint class-quality logits, distribution logits."""
+        """Per-anchor widths of the head's outputs: joint class-quality logits,
+        distribution logits."""
         return [self.num_classes, 4 * (self.reg_max + 1)]
 
     def kd_decode_boxes(self, box_reg: Tensor, anchors: Tensor) -> Tensor:

@@ -31,7 +31,8 @@ __all__ = [
 
 
 def square_anchor_generator(strides: List[int], anchor_scale: float) -> DefaultAnchorGenerator:
-    """One square anchor of side ``anchor_scale x stride`` per location, offset 0 (mmdet's ATSS/GFL)."""
+    """One square anchor of side ``anchor_scale x stride`` per location, offset 0 (mmdet's
+    ATSS/GFL)."""
     return DefaultAnchorGenerator(
         sizes=[[anchor_scale * s] for s in strides],
         aspect_ratios=[1.0],
@@ -85,7 +86,8 @@ def num_positives(pos_mask: Tensor) -> Tensor:
 
 class SquareAnchorDetector(DenseDetector):
     """
-    Base of :class:`~d2kd.modeling.meta_arch.atss.ATSS` and :class:`~d2kd.modeling.meta_arch.gfl.GFL`:
+    Base of :class:`~d2kd.modeling.meta_arch.atss.ATSS` and
+    :class:`~d2kd.modeling.meta_arch.gfl.GFL`:
     keeps the anchor generator, the ATSS ``topk`` and the test-time parameters, labels anchors
     with ATSS and runs one image's inference. Subclasses set ``box2box_transform`` and add their
     losses; :meth:`shared_config` is the common part of their ``from_config``.

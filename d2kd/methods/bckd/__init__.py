@@ -1,0 +1,1 @@
+"""BCKD (ICCV 2023): ``loss.py`` (``BCKDLoss``), math in ``terms.py``."""

@@ -1,0 +1,1 @@
+"""Feature mimicking: MSE between paired teacher and student feature maps (``FeatureMSELoss``)."""
