@@ -94,5 +94,8 @@ def test_two_stage_teacher_distils(data, student, loss):
 def test_dense_head_losses_refuse_a_two_stage_model(student):
     with pytest.raises(ValueError, match=r"PGDLoss reads a dense.*GeneralizedRCNN \(a two-stage"):
         build_model(_cfg(student, "PGDLoss"))
-    with pytest.raises(ValueError, match=r"BCKDLoss reads the teacher's head.*GeneralizedRCNN"):
-        build_model(_cfg(student, "BCKDLoss"))
+    for loss in ("BCKDLoss",):  # the logit losses name what a two-stage model lacks too
+        with pytest.raises(
+            ValueError, match=rf"{loss} reads a dense.*GeneralizedRCNN \(a two-stage"
+        ):
+            build_model(_cfg(student, loss))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from d2kd.layers.prior_mask import valid_prior_mask
 from d2kd.utils.comm import reduce_mean
 
-from ..checks import check_same_num_classes, check_same_strides
+from ..checks import check_dense_detector, check_same_num_classes, check_same_strides
 from ..dense_outputs import DenseOutputs, recorded_dense_outputs
 from ..record import DistillRecord
 from ..teacher import teacher_run_mode
@@ -78,6 +78,9 @@ def check_dense_pair(student: nn.Module, teacher: nn.Module, loss: str, teacher_
     Raises:
         ValueError / TypeError naming the config key to fix.
     """
+    # A two-stage model on either side: say what it lacks (one message for every dense loss).
+    check_dense_detector(teacher, "teacher", loss)
+    check_dense_detector(student, "student", loss)
     if teacher_run_mode(teacher, teacher_run) != "dense":
         raise ValueError(
             f'{loss} reads the teacher\'s head outputs: MODEL.KD.TEACHER.RUN must be "dense" (or '
