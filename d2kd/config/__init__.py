@@ -3,6 +3,7 @@
 from detectron2.config import CfgNode as CN
 
 from .bckd_ld import add_bckd_ld_config
+from .checks import add_checks_config
 from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .detr import add_detr_config
 from .kd import add_kd_config
@@ -20,6 +21,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_bckd_ld_config(cfg)
     add_detr_config(cfg)
     add_pgd_fgd_config(cfg)
+    add_checks_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:
