@@ -16,15 +16,15 @@ def add_checks_config(cfg: CN) -> None:
     # Open every image header (existence and recorded size). Slow on network file systems.
     _C.DATASETS.CHECK.IMAGES = True
 
-    # Stop training when a loss term is non-finite or grows beyond FACTOR x its running median
-    # (d2kd/engine/divergence.py). Gradient clipping keeps an exploding run finite, so without
-    # this check it would run to the end and save a useless model.
+    # Stop training when a loss term is non-finite or exceeds FACTOR x its lowest running median
+    # (floored at MIN_LOSS; d2kd/utils/divergence.py). Gradient clipping keeps an exploding run
+    # finite, so without this check it would run to the end and save a useless model.
     _C.SOLVER.DIVERGENCE = CN()
     _C.SOLVER.DIVERGENCE.ENABLED = True
     _C.SOLVER.DIVERGENCE.FACTOR = 100.0
-    # Running median over this many past iterations; ratios are checked once MIN_HISTORY exist.
+    # Running median over this many past iterations; checked once MIN_HISTORY values exist.
     _C.SOLVER.DIVERGENCE.WINDOW = 100
-    _C.SOLVER.DIVERGENCE.MIN_HISTORY = 10
-    # A term below this value never counts as exploded (terms that start at ~0, e.g. a box loss
-    # before the first positive sample).
+    _C.SOLVER.DIVERGENCE.MIN_HISTORY = 2
+    # The reference of every term is at least this value, so that terms starting near zero (a box
+    # loss before the first positive sample) must pass FACTOR x MIN_LOSS to count as exploded.
     _C.SOLVER.DIVERGENCE.MIN_LOSS = 1.0

@@ -1,7 +1,7 @@
 """The training hook that stops a diverging run (see :mod:`d2kd.utils.divergence`)."""
 
 import logging
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.distributed as dist
@@ -21,8 +21,8 @@ class TrainingDivergedError(FloatingPointError):
 
 class DivergenceHook(HookBase):
     """
-    Check every loss term after the backward pass (before Detectron2 writes the metrics and the
-    optimizer steps) and stop training with :class:`TrainingDivergedError` when one is non-finite
+    Check every loss term right after the model's training forward (before the backward pass, the
+    metrics and the optimizer step) and stop training with :class:`TrainingDivergedError` when one is non-finite
     or exceeds ``SOLVER.DIVERGENCE.FACTOR`` x its running median. The terms are read from the
     model's output through a forward hook; under DDP they are averaged over ranks first, so every
     rank stops at the same iteration.
@@ -32,7 +32,6 @@ class DivergenceHook(HookBase):
         d = cfg.SOLVER.DIVERGENCE
         self.monitor = DivergenceMonitor(d.FACTOR, d.WINDOW, d.MIN_HISTORY, d.MIN_LOSS)
         self.cfg = cfg
-        self._losses: Optional[Dict[str, torch.Tensor]] = None
         self._handle = None
 
     def before_train(self):
@@ -42,28 +41,33 @@ class DivergenceHook(HookBase):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self.monitor.max_ratio:
+            peaks = {k: round(v, 2) for k, v in sorted(self.monitor.max_ratio.items())}
+            logger.info(
+                f"Divergence check: largest value / running median per loss term, among values "
+                f"above MIN_LOSS {self.monitor.min_loss}: {peaks} (FACTOR {self.monitor.factor})"
+            )
 
     def _capture(self, module, inputs, output):
-        if module.training and isinstance(output, dict):
-            self._losses = output
-
-    def _values(self) -> Dict[str, float]:
-        names = sorted(self._losses)
-        values = torch.stack([self._losses[n].detach().float().reshape(()) for n in names])
-        if comm.get_world_size() > 1:
-            dist.all_reduce(values)
-            values /= comm.get_world_size()
-        return dict(zip(names, values.cpu().tolist()))
-
-    def after_backward(self):
-        if self._losses is None:
+        """Forward hook: check the loss dict of a training forward (before backward and before
+        Detectron2 writes the metrics; HookBase.after_backward is not called for the hooks of a
+        DefaultTrainer)."""
+        if not (module.training and isinstance(output, dict)) or not output:
             return
-        found = self.monitor.update(self.trainer.iter, self._values())
-        self._losses = None
+        found = self.monitor.update(self.trainer.iter, self._values(output))
         if found is not None:
             message = self.message(found)
             logger.error(message)
             raise TrainingDivergedError(message)
+
+    @staticmethod
+    def _values(losses: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        names = sorted(losses)
+        values = torch.stack([losses[n].detach().float().reshape(()) for n in names])
+        if comm.get_world_size() > 1:
+            dist.all_reduce(values)
+            values /= comm.get_world_size()
+        return dict(zip(names, values.cpu().tolist()))
 
     def message(self, found: Divergence) -> str:
         """The error: what exploded, which group first, and what to change."""

@@ -73,7 +73,8 @@ def warn_on_nan_metrics(results, dataset_names=()) -> list:
     if flat:
         logging.getLogger(__name__).warning(
             f"!! Evaluation{' of ' + ', '.join(dataset_names) if dataset_names else ''} gave NaN "
-            f"for {sorted(flat)}: these are not measurements. The usual cause is a test set with "
-            "no valid ground-truth box (check it with tools/check_dataset.py)"
+            f"for {sorted(flat)}: these are not measurements. Usual causes: a test set without any "
+            "valid ground-truth box (check it with tools/check_dataset.py), or a model that made "
+            "no detection at all (untrained)"
         )
     return sorted(flat)

@@ -13,8 +13,11 @@ logger = logging.getLogger(__name__)
 
 
 def _module_of(name: str) -> str:
-    """The module a tensor belongs to: its name without the last component."""
-    return name.rsplit(".", 1)[0] if "." in name else name
+    """The group of a tensor in the report: its first two name components, without the tensor's
+    own name (``head.cls_subnet.0.weight`` -> ``head.cls_subnet``, ``head.cls_score.bias`` ->
+    ``head.cls_score``)."""
+    parts = name.split(".")[:-1] or [name]
+    return ".".join(parts[:2])
 
 
 @torch.no_grad()
@@ -86,7 +89,9 @@ def check_head_share(
     copied_set = set(copied)
     share = sum(n in copied_set for n in head) / len(head)
     if share < min_share:
-        mismatched = [f"{n}: student {s} vs teacher {t}" for n, s, t in skipped][:20]
+        in_head = [x for x in skipped if any(x[0].startswith(p) for p in head_prefixes)]
+        rest = [x for x in skipped if x not in in_head]
+        mismatched = [f"{n}: student {s} vs teacher {t}" for n, s, t in in_head + rest][:20]
         raise ValueError(
             f"MODEL.KD.INHERIT copied {share:.0%} of the student's head ({len(head)} tensors under "
             f"{list(head_prefixes)}), less than MODEL.KD.INHERIT.MIN_HEAD_SHARE {min_share:.0%}. "
