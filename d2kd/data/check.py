@@ -170,6 +170,7 @@ def _plot(report: DatasetReport, path: str) -> None:
     hist = report.size_histogram()
     ax2.bar([b for b, _ in hist], [n for _, n in hist])
     ax2.set_title("box size sqrt(w*h), px")
+    ax2.tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -85,8 +85,8 @@ def check_num_classes(cfg, model) -> None:
             logger.warning(f"The {which} ({type(m).__name__}) has no num_classes: not checked")
         elif n != expected:
             raise ValueError(
-                f"the {which} predicts {n} classes but the training set{'s' * (len(counts) > 1)} "
-                f"{counts} ha{'ve' if len(counts) > 1 else 's'} {expected} (thing_classes "
+                f"the {which} predicts {n} classes but the training data "
+                f"({', '.join(counts)}) has {expected} (thing_classes "
                 f"{list(MetadataCatalog.get(next(iter(counts))).thing_classes)}): set NUM_CLASSES "
                 f"{expected} in the {which.split()[0]}'s config (e.g. MODEL.RETINANET.NUM_CLASSES"
                 + (", in MODEL.KD.TEACHER.OPTS for the teacher" if which != "model" else "")

@@ -81,7 +81,10 @@ def test_class_counts_of_student_and_class_reading_teacher():
     name = _with_classes("rc_four_classes", 4)
     opts = ["DATASETS.TRAIN", (name,), *TINY]
     cfg = tiny_cfg("shapes/retinanet_R18.yaml", opts + ["MODEL.RETINANET.NUM_CLASSES", 3])
-    with pytest.raises(ValueError, match="the model predicts 3 classes but the training set"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model predicts 3 classes but the training data \(rc_four_classes\) has 4",
+    ):
         check_num_classes(cfg, build_model(cfg))
     # PGD reads the teacher's class scores: an 80-class teacher is refused...
     teacher_80 = ["MODEL.KD.TEACHER.OPTS", [*TINY, "MODEL.RETINANET.NUM_CLASSES", 80]]
