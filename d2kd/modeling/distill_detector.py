@@ -287,5 +287,7 @@ class DistillDetector(nn.Module):
             logger.warning(
                 f"distillation losses are {ratio:.1f}x the detection losses (> MODEL.KD.WARN_RATIO "
                 f"{self.warn_ratio}); consider lower MODEL.KD.LOSS_WEIGHTS (users' rule of thumb: the "
-                "smallest KD term at 0.1-2x the detection losses)"
+                "smallest KD term at 0.1-2x the detection losses). This is about the balance of "
+                "healthy losses; losses that keep growing are a divergence, which "
+                "SOLVER.DIVERGENCE reports with its cause"
             )
