@@ -22,8 +22,14 @@ from detectron2.evaluation import verify_results
 import d2kd  # noqa: F401  (registers d2kd's models and datasets)
 from d2kd.config import get_d2kd_cfg
 from d2kd.data import build_train_mapper
-from d2kd.engine import DivergenceHook, TeacherEvalHook, write_run_info
-from d2kd.engine.startup import check_num_classes, check_training_data, setup_d2kd_logger
+from d2kd.engine import (
+    DivergenceHook,
+    TeacherEvalHook,
+    check_num_classes,
+    check_training_data,
+    setup_d2kd_logger,
+    write_run_info,
+)
 from d2kd.evaluation import build_evaluator, warn_on_nan_metrics
 from d2kd.solver import build_optimizer
 

@@ -1,6 +1,7 @@
 from .divergence import DivergenceHook, TrainingDivergedError
 from .hooks import TeacherEvalHook, unwrap_model
 from .run_info import run_info, write_run_info
+from .startup import check_num_classes, check_training_data, setup_d2kd_logger
 
 __all__ = [
     "DivergenceHook",
@@ -9,4 +10,7 @@ __all__ = [
     "unwrap_model",
     "run_info",
     "write_run_info",
+    "check_num_classes",
+    "check_training_data",
+    "setup_d2kd_logger",
 ]

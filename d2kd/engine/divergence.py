@@ -21,11 +21,12 @@ class TrainingDivergedError(FloatingPointError):
 
 class DivergenceHook(HookBase):
     """
-    Check every loss term right after the model's training forward (before the backward pass, the
-    metrics and the optimizer step) and stop training with :class:`TrainingDivergedError` when one is non-finite
-    or exceeds ``SOLVER.DIVERGENCE.FACTOR`` x its running median. The terms are read from the
-    model's output through a forward hook; under DDP they are averaged over ranks first, so every
-    rank stops at the same iteration.
+    Check every loss term right after the model's training forward (before the backward pass,
+    the metrics and the optimizer step) and stop training with :class:`TrainingDivergedError`
+    when one is non-finite or exceeds ``SOLVER.DIVERGENCE.FACTOR`` x its reference (its lowest
+    running median, at least ``MIN_LOSS``). The terms are read from the model's output through a
+    forward hook; under DDP they are averaged over ranks first, so every rank stops at the same
+    iteration.
     """
 
     def __init__(self, cfg):
@@ -44,8 +45,9 @@ class DivergenceHook(HookBase):
         if self.monitor.max_ratio:
             peaks = {k: round(v, 2) for k, v in sorted(self.monitor.max_ratio.items())}
             logger.info(
-                f"Divergence check: largest value / running median per loss term, among values "
-                f"above MIN_LOSS {self.monitor.min_loss}: {peaks} (FACTOR {self.monitor.factor})"
+                f"Divergence check: largest value / reference per loss term (reference: lowest "
+                f"running median, at least MIN_LOSS {self.monitor.min_loss}): {peaks} (stops "
+                f"above FACTOR {self.monitor.factor})"
             )
 
     def _capture(self, module, inputs, output):
