@@ -31,8 +31,16 @@ from detectron2.utils.logger import setup_logger
 import d2kd  # noqa: F401  (registers d2kd's models and datasets)
 from d2kd.config import get_d2kd_cfg
 from d2kd.data import build_train_mapper
-from d2kd.engine import TeacherEvalHook, create_ddp_model, write_run_info
-from d2kd.evaluation import build_evaluator
+from d2kd.engine import (
+    DivergenceHook,
+    TeacherEvalHook,
+    check_num_classes,
+    check_training_data,
+    create_ddp_model,
+    setup_d2kd_logger,
+    write_run_info,
+)
+from d2kd.evaluation import build_evaluator, warn_on_nan_metrics
 from d2kd.solver import build_optimizer
 from d2kd.utils.checkpoint import SafeCheckpointer
 
@@ -84,7 +92,15 @@ class Trainer(DefaultTrainer):
         kd = self.cfg.MODEL.KD
         if self.cfg.MODEL.META_ARCHITECTURE == "DistillDetector" and kd.TEACHER.EVAL_AT_START:
             hooks.insert(0, TeacherEvalHook(self.cfg, self.build_test_loader, self.build_evaluator))
+        if self.cfg.SOLVER.DIVERGENCE.ENABLED:
+            hooks.insert(0, DivergenceHook(self.cfg))  # stops a run whose losses explode
         return hooks
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        warn_on_nan_metrics(results, cfg.DATASETS.TEST)
+        return results
 
 
 def load_cfg(config_file: str, opts=(), eval_only: bool = False):
@@ -105,6 +121,7 @@ def setup(args):
     cfg = load_cfg(args.config_file, args.opts, args.eval_only)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_d2kd_logger(cfg)  # d2kd's messages to the console and OUTPUT_DIR/log.txt
     return cfg
 
 
@@ -120,7 +137,9 @@ def main(args):
             verify_results(cfg, res)
         return res
 
+    check_training_data(cfg)  # stops before the first iteration on bad annotations
     trainer = Trainer(cfg)
+    check_num_classes(cfg, trainer.model)
     trainer.resume_or_load(resume=args.resume)
     if comm.is_main_process():
         write_run_info(cfg, os.path.join(cfg.OUTPUT_DIR, "run_info.json"))

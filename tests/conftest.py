@@ -4,9 +4,11 @@ Test tiers: ``tests/unit`` needs only PyTorch; every module in ``tests/integrati
 where Detectron2 cannot be imported.
 """
 
+import logging
 import os
 import sys
 
+import pytest
 import torch  # noqa: F401  (Detectron2's C extension needs torch's libraries loaded first)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,3 +25,12 @@ def pytest_report_header(config):
     if D2_ERROR is None:
         return "d2kd: Detectron2 found, integration tests will run"
     return f"d2kd: integration tests will be SKIPPED: {D2_ERROR}"
+
+
+@pytest.fixture(autouse=True)
+def _d2kd_logger_propagates():
+    """train_net.py's setup attaches d2kd's logger the Detectron2 way (propagate False); give it
+    back to the root logger after each test, so that ``caplog`` sees d2kd's messages in any order.
+    """
+    yield
+    logging.getLogger("d2kd").propagate = True

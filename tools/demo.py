@@ -12,12 +12,14 @@ Stages:
   2. train the teacher (``--teacher``, default configs/shapes/retinanet_R18_long.yaml), unless
      a checkpoint trained from the same resolved config and data is cached under
      ``<cache-dir>/teachers/<hash>/`` (``--cache-dir`` defaults to ``--output``);
-  3. train the student of the method config twice, with the same seed and schedule: plain
-     (``MODEL.META_ARCHITECTURE`` := the student's; cached like the teacher, under
-     ``<cache-dir>/students/<hash>/``, so methods sharing a student train it once) and distilled
-     (``DistillDetector``);
-  4. evaluate all three with COCOEvaluator on the val split, print one table and write
-     ``results.json``, ``results.csv`` and ``results.png`` under ``--output``.
+  3. train the student of the method config plain (``MODEL.META_ARCHITECTURE`` := the
+     student's; cached like the teacher, under ``<cache-dir>/students/<hash>/``, so methods
+     sharing a student train it once);
+  4. train the same student, with the same seed and schedule, distilled (``DistillDetector``),
+     under ``<output>/distilled/``;
+  5. evaluate all three with COCOEvaluator on the val split, print one table and write
+     ``results.json``, ``results.csv`` and ``results.png`` under ``--output``. Each row names the
+     resolved ``config.yaml`` its stage trained with, and its weights.
 
 Every stage runs through ``train_net.Trainer`` (Detectron2's DefaultTrainer), so progress
 (iteration,
@@ -47,6 +49,7 @@ import d2kd  # noqa: E402, F401  (registers d2kd's models and datasets)
 from d2kd.data import register_shapes, shapes_root  # noqa: E402
 from d2kd.data.shapes import SPLITS, ensure_shapes_dataset  # noqa: E402
 from d2kd.engine import write_run_info  # noqa: E402
+from d2kd.engine.startup import check_num_classes, check_training_data  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
 
 import train_net  # noqa: E402
@@ -157,7 +160,9 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
     write_run_info(cfg, os.path.join(cfg.OUTPUT_DIR, "run_info.json"))
     seed_all_rng(cfg.SEED)
     start = time.perf_counter()
+    check_training_data(cfg)  # as train_net.py does
     trainer = DemoTrainer(cfg)
+    check_num_classes(cfg, trainer.model)
     trainer.resume_or_load(resume=False)
     trainer.train()
     # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results here
@@ -175,17 +180,17 @@ def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
         {"metrics": COCO bbox metrics, "seconds": training + evaluation when it was trained,
         "weights": checkpoint path, "cached": whether it was reused}
     """
-    stage = "2/4" if role == "teacher" else "3/4"
+    stage, label = ("2/5", role) if role == "teacher" else ("3/5", f"plain {role}")
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
     if not retrain and os.path.isfile(weights) and os.path.isfile(metrics_file):
         logger.info(
-            f"Stage {stage}: reusing the cached {role} {weights} (--retrain to train again)"
+            f"Stage {stage}: reusing the cached {label} {weights} (--retrain to train again)"
         )
         with open(metrics_file) as f:
             return {**json.load(f), "weights": weights, "cached": True}
     logger.info(
-        f"Stage {stage}: training the {role} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
+        f"Stage {stage}: training the {label} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
     )
     metrics, seconds = train_and_evaluate(cfg)
     with open(metrics_file, "w") as f:
@@ -215,6 +220,16 @@ def _rel(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _files(cfg, source: str) -> Dict[str, str]:
+    """Where a stage's resolved config (written by train_and_evaluate), source config and weights
+    are."""
+    return {
+        "config": _rel(os.path.join(cfg.OUTPUT_DIR, "config.yaml")),
+        "source_config": _rel(source),
+        "weights": _rel(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")),
+    }
+
+
 def format_table(rows: List[Dict]) -> str:
     head = f"{'model':<26}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'seconds':>9}"
     lines = [head, "-" * len(head)]
@@ -240,7 +255,7 @@ def write_results(rows: List[Dict], out_dir: str, meta: Dict) -> None:
             {**meta, "rows": [{k: clean(v) for k, v in r.items()} for r in rows]}, f, indent=2
         )
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        fields = ["model", "config", *METRICS, "iters", "seconds"]
+        fields = ["model", *METRICS, "iters", "seconds", "config", "source_config", "weights"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{k: clean(v) for k, v in r.items()} for r in rows])
@@ -320,7 +335,7 @@ def main(argv=None) -> List[Dict]:
     for name in ("detectron2", "d2kd"):
         setup_logger(args.output, name=name)
     start = time.perf_counter()
-    logger.info("Stage 1/4: the synthetic shapes dataset")
+    logger.info("Stage 1/5: the synthetic shapes dataset")
     data = prepare_data(args.data_root, args.train_images, args.val_images)
     method = train_net.load_cfg(args.method)
     tcfg = teacher_cfg(method, data, args)
@@ -328,17 +343,21 @@ def main(argv=None) -> List[Dict]:
     plain, kd = student_cfgs(args, data, teacher["weights"])
     student = run_cached_stage(plain, args.retrain, "student")
     s_metrics = student["metrics"]
-    logger.info(f"Stage 3/4: the distilled student ({kd.SOLVER.MAX_ITER} iterations)")
+    logger.info(
+        f"Stage 4/5: training the distilled student ({kd.SOLVER.MAX_ITER} iterations) -> "
+        f"{os.path.join(kd.OUTPUT_DIR, 'model_final.pth')}"
+    )
     d_metrics, d_secs = train_and_evaluate(kd)
-    logger.info("Stage 4/4: results")
+    logger.info("Stage 5/5: results")
     rows = [
         {"model": "teacher (cached)" if teacher["cached"] else "teacher",
-         "config": _rel(args.teacher), "weights": teacher["weights"],
+         **_files(tcfg, args.teacher),
          "iters": tcfg.SOLVER.MAX_ITER, "seconds": teacher["seconds"], **teacher["metrics"]},
-        {"model": "student (cached)" if student["cached"] else "student",
-         "config": _rel(args.method), "iters": plain.SOLVER.MAX_ITER,
-         "seconds": student["seconds"], **s_metrics},
-        {"model": "distilled", "config": _rel(args.method),
+        {"model": "plain student (cached)" if student["cached"] else "plain student",
+         **_files(plain, args.method), "iters": plain.SOLVER.MAX_ITER,
+         "seconds": student["seconds"],
+         **s_metrics},
+        {"model": "distilled student", **_files(kd, args.method),
          "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics},
         {"model": "gain (distilled-student)", **{m: d_metrics[m] - s_metrics[m] for m in METRICS}},
     ]  # fmt: skip

@@ -12,6 +12,7 @@ from detectron2.config import CfgNode as CN
 
 from .backbones import add_mobilenetv2_config
 from .bckd import add_bckd_config
+from .checks import add_checks_config
 from .deformable_detr import add_deformable_detr_config, add_detr_solver_config
 from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .detrdistill import add_detrdistill_config
@@ -39,6 +40,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_pgd_config(cfg)
     add_fgd_config(cfg)
     add_mobilenetv2_config(cfg)
+    add_checks_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

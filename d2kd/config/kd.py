@@ -58,3 +58,7 @@ def add_kd_config(cfg: CN) -> None:
     _C.MODEL.KD.INHERIT.ENABLED = False
     # Parameter-name prefixes never copied (by default the backbone body: neck + head only).
     _C.MODEL.KD.INHERIT.EXCLUDE = ["backbone.bottom_up."]
+    # Tensors of the student's head (names starting with one of HEAD_PREFIXES); inherit that
+    # copies less than MIN_HEAD_SHARE of them (mismatched channels) is an error.
+    _C.MODEL.KD.INHERIT.HEAD_PREFIXES = ["head."]
+    _C.MODEL.KD.INHERIT.MIN_HEAD_SHARE = 0.5

@@ -11,7 +11,7 @@ skipped, counted and logged (CrowdDet and PGD drop them too); evaluation reads t
 
 import logging
 import os
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -56,7 +56,9 @@ def _annotations(boxes: List[dict]) -> Tuple[List[dict], int]:
     return annos, len(boxes) - len(annos)
 
 
-def load_crowdhuman(odgt_file: str, image_root: str, size_cache: str = None) -> List[dict]:
+def load_crowdhuman(
+    odgt_file: str, image_root: str, size_cache: str = None, ignore_tags: Sequence[str] = ()
+) -> List[dict]:
     """
     Load an odgt file as Detectron2 dataset dicts, in file order (the same list on every call).
 
@@ -64,8 +66,10 @@ def load_crowdhuman(odgt_file: str, image_root: str, size_cache: str = None) -> 
         odgt_file: e.g. ``annotation_val.odgt``. image_root: folder of ``<ID>.jpg``.
         size_cache: JSON of {ID: [height, width]} (default: ``id_hw_<split>.json`` beside the odgt),
             written on the first load.
+        ignore_tags: box tags besides "person" / "mask" to accept, as ignore regions (any other
+            unknown tag is an error naming the file and line).
     """
-    images = read_odgt(odgt_file)
+    images = read_odgt(odgt_file, ignore_tags)
     sizes = image_sizes(images, odgt_file, image_root, size_cache)
     skipped, dicts = {}, []  # line -> boxes skipped
     for idx, im in enumerate(images):
@@ -93,18 +97,29 @@ def load_crowdhuman(odgt_file: str, image_root: str, size_cache: str = None) -> 
     return dicts
 
 
-def register_crowdhuman(name: str, odgt_file: str, image_root: str, size_cache: str = None) -> None:
+def register_crowdhuman(
+    name: str,
+    odgt_file: str,
+    image_root: str,
+    size_cache: str = None,
+    ignore_tags: Sequence[str] = (),
+) -> None:
     """
     Register ``name`` (loaded lazily by :func:`load_crowdhuman`) with ``evaluator_type``
     "crowdhuman", so that d2kd's ``build_evaluator`` picks ``CrowdHumanEvaluator`` for it.
+    ``ignore_tags``: extra box tags mapped to ignore regions (training and evaluation).
     """
-    DatasetCatalog.register(name, lambda: load_crowdhuman(odgt_file, image_root, size_cache))
+    ignore_tags = list(ignore_tags)
+    DatasetCatalog.register(
+        name, lambda: load_crowdhuman(odgt_file, image_root, size_cache, ignore_tags)
+    )
     MetadataCatalog.get(name).set(
         thing_classes=list(CROWDHUMAN_CLASSES),
         odgt_file=odgt_file,
         image_root=image_root,
         size_cache=size_cache or size_cache_path(odgt_file),
         evaluator_type="crowdhuman",
+        ignore_tags=ignore_tags,
     )
 
 

@@ -13,13 +13,26 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from PIL import Image
 
-__all__ = ["OdgtImage", "read_odgt", "is_ignore", "image_path", "image_sizes", "size_cache_path"]
+__all__ = [
+    "OdgtImage",
+    "read_odgt",
+    "is_ignore",
+    "image_path",
+    "image_sizes",
+    "size_cache_path",
+    "read_image_size",
+    "KNOWN_TAGS",
+]
 
 logger = logging.getLogger(__name__)
+
+# CrowdHuman's tags: "person" (a box) and "mask" (an ignore region). Any other tag is an error
+# unless the caller lists it in ``ignore_tags`` (it then becomes an ignore region on purpose).
+KNOWN_TAGS = ("person", "mask")
 
 # EXIF orientations that swap width and height (as Detectron2's read_image applies them).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
@@ -38,11 +51,18 @@ def _fail(path: str, line: int, msg: str):
     raise ValueError(f"{path}:{line}: {msg}")
 
 
-def _check_box(path: str, line: int, k: int, box) -> None:
+def _check_box(path: str, line: int, k: int, box, ignore_tags: Sequence[str]) -> None:
     if not isinstance(box, dict):
         _fail(path, line, f"gtboxes[{k}] is not an object")
     if not isinstance(box.get("tag"), str):
         _fail(path, line, f'gtboxes[{k}] has no string "tag"')
+    if box["tag"] not in KNOWN_TAGS and box["tag"] not in ignore_tags:
+        _fail(
+            path,
+            line,
+            f'gtboxes[{k}] has unknown tag "{box["tag"]}" (CrowdHuman knows {list(KNOWN_TAGS)}); '
+            "to treat it as an ignore region, pass ignore_tags=[...] to register_crowdhuman",
+        )
     fbox = box.get("fbox")
     ok = isinstance(fbox, (list, tuple)) and len(fbox) == 4
     if not ok or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in fbox):
@@ -54,7 +74,7 @@ def _check_box(path: str, line: int, k: int, box) -> None:
         _fail(path, line, f'gtboxes[{k}] "extra" is not an object')
 
 
-def _parse_line(path: str, line: int, text: str) -> OdgtImage:
+def _parse_line(path: str, line: int, text: str, ignore_tags: Sequence[str]) -> OdgtImage:
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
@@ -67,14 +87,16 @@ def _parse_line(path: str, line: int, text: str) -> OdgtImage:
     if not isinstance(boxes, list):
         _fail(path, line, f'image {rec["ID"]}: missing "gtboxes" list')
     for k, box in enumerate(boxes):
-        _check_box(path, line, k, box)
+        _check_box(path, line, k, box, ignore_tags)
     return OdgtImage(ID=rec["ID"], gtboxes=boxes, line=line)
 
 
-def read_odgt(path: str) -> List[OdgtImage]:
+def read_odgt(path: str, ignore_tags: Sequence[str] = ()) -> List[OdgtImage]:
     """
-    Parse and validate an odgt file. Blank lines are skipped; any malformed line, box or duplicated
-    ID raises ``ValueError("<path>:<line>: ...")``.
+    Parse and validate an odgt file. Blank lines are skipped; any malformed line, box, duplicated
+    ID or tag other than "person", "mask" and ``ignore_tags`` raises
+    ``ValueError("<path>:<line>: ...")``. Boxes of ``ignore_tags`` are ignore regions
+    (:func:`is_ignore`).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CrowdHuman annotation file not found: {path}")
@@ -83,7 +105,7 @@ def read_odgt(path: str) -> List[OdgtImage]:
         for line, text in enumerate(f, start=1):
             if not text.strip():
                 continue
-            im = _parse_line(path, line, text)
+            im = _parse_line(path, line, text, tuple(ignore_tags))
             if im.ID in seen:
                 _fail(path, line, f"image ID {im.ID} already on line {seen[im.ID]}")
             seen[im.ID] = line
@@ -94,7 +116,8 @@ def read_odgt(path: str) -> List[OdgtImage]:
 def is_ignore(box: dict) -> bool:
     """
     The full-body ignore rule: ``tag != "person"`` or ``extra.ignore != 0``. (The reference
-    toolkit treats an unknown tag as ignored for AP but valid for JI; d2kd ignores it for all.)
+    toolkit treats an unknown tag as ignored for AP but valid for JI; :func:`read_odgt` refuses
+    unknown tags unless listed in its ``ignore_tags``, which are then ignored for all metrics.)
     """
     return box["tag"] != "person" or box.get("extra", {}).get("ignore", 0) != 0
 
@@ -111,8 +134,9 @@ def size_cache_path(odgt_path: str) -> str:
     return os.path.join(os.path.dirname(odgt_path), f"id_hw_{split}.json")
 
 
-def _read_size(path: str) -> Tuple[int, int]:
-    """(height, width) from the image header, after EXIF orientation as Detectron2 applies it."""
+def read_image_size(path) -> Tuple[int, int]:
+    """(height, width) from the image header, after EXIF orientation as Detectron2 applies it.
+    ``path``: a file name or an open binary file."""
     with Image.open(path) as img:
         w, h = img.size
         orientation = img.getexif().get(0x0112, 1)
@@ -159,7 +183,7 @@ def image_sizes(
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{odgt_path}:{im.line}: image {path} of ID {im.ID} not found")
         if im.ID not in cache:
-            cache[im.ID] = list(_read_size(path))
+            cache[im.ID] = list(read_image_size(path))
             new += 1
         sizes[im.ID] = (int(cache[im.ID][0]), int(cache[im.ID][1]))
     if new:

@@ -42,7 +42,8 @@ class TeacherEvalHook(HookBase):
                 teacher, self._loader(self.cfg, name), self._evaluator(self.cfg, name)
             )
             if comm.is_main_process():
-                logger.info(f"Teacher results on {name}:")
+                ap = {t: m.get("AP") for t, m in results.items() if isinstance(m, dict)}
+                logger.info(f"Teacher AP on {name}: {ap} (MODEL.KD.TEACHER.EVAL_AT_START)")
                 print_csv_format(results)
             for task, metrics in results.items():
                 flat.update({f"teacher/{name}/{task}/{k}": v for k, v in metrics.items()})

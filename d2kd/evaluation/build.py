@@ -8,7 +8,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDete
 
 from .crowdhuman_evaluator import CrowdHumanEvaluator
 
-__all__ = ["build_evaluator", "EVALUATOR_BUILDERS"]
+__all__ = ["build_evaluator", "EVALUATOR_BUILDERS", "warn_on_nan_metrics"]
 
 # CrowdHuman val has up to hundreds of people per image; the literature keeps 300-500 detections.
 _CROWDHUMAN_MIN_DETECTIONS = 300
@@ -49,3 +49,35 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None) -> Datase
             f"{sorted(EVALUATOR_BUILDERS)}"
         )
     return EVALUATOR_BUILDERS[kind](cfg, dataset_name, output_folder)
+
+
+def warn_on_nan_metrics(results, dataset_names=()) -> list:
+    """
+    Warn loudly when evaluation gave NaN metrics (no valid ground truth in the test set, or no
+    detection matched anything), instead of letting bare ``nan`` pass as a result.
+
+    Args:
+        results: ``{dataset: {task: {metric: value}}}`` or ``{task: {metric: value}}`` (one set).
+    Returns:
+        the "dataset/task/metric" names that are NaN.
+    """
+    import math
+
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}/", v)
+            elif isinstance(v, float) and math.isnan(v):
+                flat[f"{prefix}{k}"] = v
+
+    walk("", results or {})
+    if flat:
+        logging.getLogger(__name__).warning(
+            f"!! Evaluation{' of ' + ', '.join(dataset_names) if dataset_names else ''} gave NaN "
+            f"for {sorted(flat)}: these are not measurements. Usual causes: a test set without any "
+            "valid ground-truth box (check it with tools/check_dataset.py), or a model that made "
+            "no detection at all (untrained)"
+        )
+    return sorted(flat)

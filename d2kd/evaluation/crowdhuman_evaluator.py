@@ -54,6 +54,7 @@ class CrowdHumanEvaluator(DatasetEvaluator):
             )
         self._dataset_name = dataset_name
         self._odgt_file, self._image_root = meta.odgt_file, meta.image_root
+        self._ignore_tags = list(meta.get("ignore_tags", []))
         self._size_cache = getattr(meta, "size_cache", None)
         self._output_dir = output_dir
         self._distributed = distributed
@@ -102,6 +103,12 @@ class CrowdHumanEvaluator(DatasetEvaluator):
         if self._output_dir:
             self._dump(predictions)
         res = evaluate_crowdhuman(self._images(predictions))
+        if res["num_gt"] == 0:
+            logger.warning(
+                f"!! CrowdHumanEvaluator: {self._odgt_file} has no valid ground-truth box (every "
+                "gtboxes list is empty or ignored): AP, MR and JI below are undefined (nan), not "
+                "a measurement of the model"
+            )
         ji = {k: round(v, 4) for k, v in res.items() if k.startswith("JI@")}
         logger.info(
             f"CrowdHuman {self._dataset_name}: {res['num_images']} images, {res['num_gt']} valid "
@@ -112,7 +119,7 @@ class CrowdHumanEvaluator(DatasetEvaluator):
 
     def _images(self, predictions: List[dict]) -> List[CrowdHumanImage]:
         """One CrowdHumanImage per odgt image, in file order, with its predictions if any."""
-        gt_images = read_odgt(self._odgt_file)
+        gt_images = read_odgt(self._odgt_file, self._ignore_tags)
         by_id: Dict[str, dict] = {p["ID"]: p for p in predictions}
         unknown = set(by_id) - {im.ID for im in gt_images}
         if unknown:

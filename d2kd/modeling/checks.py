@@ -14,6 +14,9 @@ __all__ = [
     "check_same_num_classes",
     "check_same_strides",
     "check_dense_detector",
+    "check_kd_config",
+    "reads_teacher_class_scores",
+    "model_num_classes",
 ]
 
 # What a dense (one-stage) detector offers that head-based losses read.
@@ -119,3 +122,71 @@ def check_same_strides(student: nn.Module, teacher: nn.Module, loss: str) -> Lis
             f"are {t} and the student's {s}: check the IN_FEATURES of both heads"
         )
     return s
+
+
+def check_kd_config(cfg) -> None:
+    """
+    Build-time sanity of ``cfg.MODEL.KD`` for a ``DistillDetector``: at least one loss, no
+    negative weight (a negative weight pushes the student away from the teacher).
+
+    Raises:
+        ValueError naming the key.
+    """
+    kd = cfg.MODEL.KD
+    if not kd.LOSSES:
+        raise ValueError(
+            "MODEL.KD.LOSSES is empty: DistillDetector would run the teacher every step for no "
+            f"distillation. To train the plain student, set MODEL.META_ARCHITECTURE to the "
+            f'student\'s own meta-architecture ("{kd.STUDENT_META_ARCHITECTURE}"); to distil, name '
+            "at least one loss"
+        )
+    negative = {n: w for n, w in zip(kd.LOSSES, kd.LOSS_WEIGHTS) if w < 0}
+    if negative:
+        raise ValueError(
+            f"MODEL.KD.LOSS_WEIGHTS: negative weights {negative}; weights must be >= 0 (0 turns a "
+            "loss off)"
+        )
+
+
+# Losses that read the teacher's class scores (directly or through a prediction-guided mask),
+# so the teacher's classes must be the dataset's. A loss class may also declare it with a
+# ``reads_teacher_class_scores`` attribute.
+_CLASS_SCORE_LOSSES = (
+    "BCKDLoss",
+    "LDLoss",
+    "DETRLogitsDistillLoss",
+    "DETRFeatureDistillLoss",  # query quality = teacher class probability x IoU
+    "DETRQueryPriorLoss",  # its "teacher" assignment matches the teacher's scores to the GT
+    "DETRQueryContrastLoss",  # pairs from the logits matching
+    "CrossKDLoss",
+)
+# Mask generators computed from the teacher's classification scores.
+_CLASS_SCORE_MASKS = ("PGWMaskGenerator",)
+
+
+def reads_teacher_class_scores(cfg) -> List[str]:
+    """Names of the configured losses that read the teacher's class scores."""
+    from .losses import DISTILL_LOSS_REGISTRY
+
+    out = []
+    for name in cfg.MODEL.KD.LOSSES:
+        declared = None
+        if name in DISTILL_LOSS_REGISTRY:
+            declared = getattr(DISTILL_LOSS_REGISTRY.get(name), "reads_teacher_class_scores", None)
+        node = (
+            cfg.MODEL.KD.get(name[: -len("Loss")].upper(), None) if name.endswith("Loss") else None
+        )
+        mask = node.get("MASK_GENERATOR", None) if node is not None else None
+        if declared or (
+            declared is None and (name in _CLASS_SCORE_LOSSES or mask in _CLASS_SCORE_MASKS)
+        ):
+            out.append(name)
+    return out
+
+
+def model_num_classes(model: nn.Module):
+    """Foreground classes of a detector (``num_classes`` or ``roi_heads.num_classes``), or None."""
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        n = getattr(getattr(model, "roi_heads", None), "num_classes", None)
+    return None if n is None else int(n)

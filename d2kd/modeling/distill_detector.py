@@ -22,7 +22,8 @@ from torch import nn
 from ..utils.checkpoint import SafeCheckpointer
 from ..utils.comm import reduce_mean
 from ..utils.modules import hold_unregistered
-from .inherit import inherit_teacher_weights
+from .checks import check_kd_config
+from .inherit import check_head_share, inherit_teacher_weights
 from .losses import build_distill_losses
 from .record import DistillRecord
 from .recorder import TapRecorder
@@ -51,6 +52,21 @@ def build_student(cfg) -> nn.Module:
             cfg.MODEL.KD.STUDENT_WEIGHTS
         )
     return student
+
+
+def _log_teacher(cfg, tcfg, teacher: nn.Module) -> None:
+    """One log line saying which teacher the run distils from, and what was loaded into it."""
+    t = cfg.MODEL.KD.TEACHER
+    if not t.LOAD_WEIGHTS:
+        weights = f"weights {t.WEIGHTS or '(none)'} not read (evaluation only)"
+    elif t.WEIGHTS:
+        weights = f"weights {t.WEIGHTS} ({len(teacher.state_dict())} tensors loaded, strictly)"
+    else:
+        weights = "RANDOM weights (MODEL.KD.TEACHER.ALLOW_RANDOM_INIT)"
+    logger.info(
+        f"Teacher: {tcfg.MODEL.META_ARCHITECTURE} from config {t.CONFIG_FILE}, {weights}; "
+        f"losses {dict(zip(cfg.MODEL.KD.LOSSES, cfg.MODEL.KD.LOSS_WEIGHTS))}"
+    )
 
 
 def _size_divisibility(model: nn.Module):
@@ -129,11 +145,16 @@ class DistillDetector(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         kd = cfg.MODEL.KD
+        check_kd_config(cfg)
         student = build_student(cfg)
         teacher, tcfg = build_teacher(cfg)
+        _log_teacher(cfg, tcfg, teacher)
         losses = build_distill_losses(cfg, student, teacher)
         if kd.INHERIT.ENABLED and kd.TEACHER.LOAD_WEIGHTS:
-            inherit_teacher_weights(student, teacher, list(kd.INHERIT.EXCLUDE))
+            copied, skipped = inherit_teacher_weights(student, teacher, list(kd.INHERIT.EXCLUDE))
+            check_head_share(
+                student, copied, skipped, list(kd.INHERIT.HEAD_PREFIXES), kd.INHERIT.MIN_HEAD_SHARE
+            )
         return {
             "student": student,
             "teacher": teacher,
@@ -277,6 +298,7 @@ class DistillDetector(nn.Module):
             logger.warning(
                 f"distillation losses are {ratio:.1f}x the detection losses (> MODEL.KD.WARN_RATIO "
                 f"{self.warn_ratio}); consider lower MODEL.KD.LOSS_WEIGHTS (users' rule of thumb: "
-                "the "
-                "smallest KD term at 0.1-2x the detection losses)"
+                "the smallest KD term at 0.1-2x the detection losses). This is about the balance "
+                "of healthy losses; losses that keep growing are a divergence, which "
+                "SOLVER.DIVERGENCE reports with its cause"
             )

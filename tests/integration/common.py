@@ -139,7 +139,8 @@ SMALL = [
 ]
 INPUT = ["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64]
 LEVELS = [f"p{i}" for i in range(3, 8)]
-NARROW = ["MODEL.FPN.OUT_CHANNELS", 32]  # student FPN/head 32 wide, teacher 64
+# Student FPN/head 32 wide, teacher 64: the head cannot inherit the teacher's weights (an error).
+NARROW = ["MODEL.FPN.OUT_CHANNELS", 32, "MODEL.KD.INHERIT.ENABLED", False]
 
 
 def small_kd_model(config, opts=(), teacher_opts=()):

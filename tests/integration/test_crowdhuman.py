@@ -243,3 +243,25 @@ def test_distillation_configs_name_existing_teacher_configs(config):
     assert cfg.MODEL.META_ARCHITECTURE == "DistillDetector" and cfg.MODEL.WEIGHTS == ""
     assert os.path.isfile(cfg.MODEL.KD.TEACHER.CONFIG_FILE)
     assert os.path.isfile(config_path(config))
+
+
+def test_evaluation_without_valid_gt_warns_loudly(tmp_path, caplog):
+    """Every gtboxes list empty: the metrics are nan, and both the evaluator and train_net say
+    so."""
+    from d2kd.evaluation import warn_on_nan_metrics
+
+    name = f"crowdhuman_empty_{os.path.basename(tmp_path)}"
+    lines = [json.dumps({"ID": i, "gtboxes": []}) for i, _, _, _ in GT]
+    register_crowdhuman(
+        name, _write_dataset(str(tmp_path), lines), os.path.join(tmp_path, "Images")
+    )
+    with caplog.at_level(logging.WARNING):
+        res = _evaluate(CrowdHumanEvaluator(name, distributed=False), DatasetCatalog.get(name))
+        assert math.isnan(res["crowdhuman"]["AP"])
+        assert "has no valid ground-truth box" in caplog.text
+        assert warn_on_nan_metrics(res, [name]) == [
+            "crowdhuman/AP",
+            "crowdhuman/MR",
+        ]
+    assert f"!! Evaluation of {name} gave NaN" in caplog.text
+    assert warn_on_nan_metrics({"bbox": {"AP": 1.0}}) == []

@@ -43,7 +43,7 @@ def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatc
     demo = _demo()
     rows = demo.main(_argv(tmp_path))
     out = tmp_path / "out"
-    models = ["teacher", "student", "distilled", "gain (distilled-student)"]
+    models = ["teacher", "plain student", "distilled student", "gain (distilled-student)"]
     assert [r["model"] for r in rows] == models
     with open(out / "results.json") as f:
         saved = json.load(f)
@@ -51,7 +51,19 @@ def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatc
     assert saved["rows"][2]["iters"] == saved["rows"][1]["iters"] == 1
     assert set(demo.METRICS) <= set(saved["rows"][0])
     with open(out / "results.csv") as f:
-        assert [r["model"] for r in csv.DictReader(f)] == models
+        table = list(csv.DictReader(f))
+    assert [r["model"] for r in table] == models
+    # Each stage's row names the resolved config it trained with, and its weights.
+    arch = [demo.train_net.load_cfg(r["config"]).MODEL.META_ARCHITECTURE for r in table[:3]]
+    assert arch == ["RetinaNet", "RetinaNet", "DistillDetector"]
+    assert table[2]["config"] == str(out / "distilled" / "config.yaml")
+    assert table[1]["source_config"] == table[2]["source_config"] != table[0]["source_config"]
+    assert all(os.path.isfile(r["weights"]) for r in table[:3])
+    log = (out / "log.txt").read_text()
+    assert (
+        "Stage 3/5: training the plain student" in log
+        and "Stage 4/5: training the distilled" in log
+    )
     with open(out / "results.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out

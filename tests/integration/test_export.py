@@ -42,3 +42,36 @@ def test_extract_student_round_trip(tmp_path):
 def test_extract_refuses_a_plain_checkpoint():
     with pytest.raises(ValueError, match="not a d2kd distillation checkpoint"):
         extract_student_state({"backbone.x": torch.zeros(1)})
+
+
+def test_predict_tool_draws_the_extracted_students_boxes(tmp_path, capsys):
+    """tools/predict.py with a distillation run's config.yaml and the extracted student."""
+    import numpy as np
+    from PIL import Image
+
+    from tools.predict import main as predict_main
+
+    # Every box kept (a random head scores about PRIOR_PROB 0.01), 5 per image.
+    keep = ["MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 5]
+    kd_cfg = tiny_cfg(
+        "shapes/kd/mse_retinanet_R50_to_R18.yaml", ["MODEL.KD.TEACHER.OPTS", R18] + keep
+    )
+    DetectionCheckpointer(build_model(kd_cfg), save_dir=str(tmp_path)).save("model_final")
+    extract_main([str(tmp_path / "model_final.pth"), str(tmp_path / "student.pth")])
+    (tmp_path / "config.yaml").write_text(kd_cfg.dump())
+    image = tiny_shapes(str(tmp_path / "d"), n=1)[0]["file_name"]
+    argv = [
+        "--config-file",
+        str(tmp_path / "config.yaml"),
+        "--weights",
+        str(tmp_path / "student.pth"),
+    ]
+    argv += ["--input", image, "--output", str(tmp_path / "pred"), "--device", "cpu"]
+    (out,) = predict_main(argv + ["--min-score", "0", "--dataset", "shapes_val"])
+    drawn, original = np.asarray(Image.open(out).convert("RGB")), np.asarray(Image.open(image))
+    assert drawn.shape == original.shape  # the picture at the image's own size ...
+    assert (drawn != original).any()  # ... with the (random) student's boxes drawn on it
+    assert ": 5 boxes with score >= 0.0 -> " in capsys.readouterr().out
+    # A threshold above every score draws nothing: the picture is the image itself.
+    (out,) = predict_main(argv + ["--min-score", "1.01"])
+    assert (np.asarray(Image.open(out).convert("RGB")) == original).mean() > 0.99

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 
 pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
 
@@ -42,8 +43,12 @@ def datasets(tmp_path_factory):
     return root
 
 
+def _args(argv):
+    return default_argument_parser().parse_args(argv)
+
+
 def _run(argv):
-    return train_net.main(default_argument_parser().parse_args(argv))
+    return train_net.main(_args(argv))
 
 
 def test_train_resume_and_eval_only(datasets, tmp_path):
@@ -99,6 +104,8 @@ def test_distillation_trains_and_evaluates_student_only(datasets, tmp_path):
             weights,
             "MODEL.KD.TEACHER.EVAL_AT_START",
             "True",
+            "MODEL.KD.INHERIT.ENABLED",
+            "True",
             "SOLVER.MAX_ITER",
             "2",
             "OUTPUT_DIR",
@@ -108,6 +115,20 @@ def test_distillation_trains_and_evaluates_student_only(datasets, tmp_path):
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     assert any("teacher/tn_val/bbox/AP" in m for m in metrics)  # the teacher was evaluated first
     assert any("loss_kd_mse_p3" in m for m in metrics)
+    # d2kd's own messages are in log.txt: teacher, inherit report, teacher AP, dataset check.
+    log = open(os.path.join(out, "log.txt")).read()
+    n_teacher = len(torch.load(weights, map_location="cpu", weights_only=False)["model"])
+    assert (
+        "d2kd.modeling.distill_detector INFO: Teacher: RetinaNet from config "
+        f"{teacher_cfg}, weights "
+        f"{weights} ({n_teacher} tensors loaded, strictly)" in log
+    )
+    assert "d2kd.modeling.inherit INFO: Inherit: copied 58 " in log
+    assert "  head.cls_subnet: 16 copied, 0 skipped" in log  # R18 teacher: the whole neck and head
+    assert "Teacher AP on tn_val: {'bbox': " in log
+    assert "Dataset check of tn_train" in log and os.path.isfile(
+        os.path.join(out, "dataset_check", "tn_train.png")
+    )
 
     # --eval-only on the distillation checkpoint: the teacher weights are not even read.
     res = _run(

@@ -1,0 +1,30 @@
+"""Keys of d2kd's run checks: the dataset check at start-up and the divergence hook."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_checks_config(cfg: CN) -> None:
+    """Add ``cfg.DATASETS.CHECK`` and ``cfg.SOLVER.DIVERGENCE`` to ``cfg`` in place."""
+    _C = cfg
+    # Check every training set (DATASETS.TRAIN) before the first iteration: boxes, category ids,
+    # image files and sizes (d2kd/data/check.py). Errors stop the run; tolerable cases are
+    # counted and logged. Turn it off for huge datasets already checked with tools/check_dataset.py.
+    _C.DATASETS.CHECK = CN()
+    _C.DATASETS.CHECK.ENABLED = True
+    # A box may extend this many pixels beyond its image before it counts as partly outside.
+    _C.DATASETS.CHECK.OUTSIDE_TOLERANCE = 1.0
+    # Open every image header (existence and recorded size). Slow on network file systems.
+    _C.DATASETS.CHECK.IMAGES = True
+
+    # Stop training when a loss term is non-finite or exceeds FACTOR x its lowest running median
+    # (floored at MIN_LOSS; d2kd/utils/divergence.py). Gradient clipping keeps an exploding run
+    # finite, so without this check it would run to the end and save a useless model.
+    _C.SOLVER.DIVERGENCE = CN()
+    _C.SOLVER.DIVERGENCE.ENABLED = True
+    _C.SOLVER.DIVERGENCE.FACTOR = 100.0
+    # Running median over this many past iterations; checked once MIN_HISTORY values exist.
+    _C.SOLVER.DIVERGENCE.WINDOW = 100
+    _C.SOLVER.DIVERGENCE.MIN_HISTORY = 2
+    # The reference of every term is at least this value, so that terms starting near zero (a box
+    # loss before the first positive sample) must pass FACTOR x MIN_LOSS to count as exploded.
+    _C.SOLVER.DIVERGENCE.MIN_LOSS = 1.0

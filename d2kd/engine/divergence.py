@@ -1,0 +1,99 @@
+"""The training hook that stops a diverging run (see :mod:`d2kd.utils.divergence`)."""
+
+import logging
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..utils.divergence import Divergence, DivergenceMonitor
+
+__all__ = ["DivergenceHook", "TrainingDivergedError"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Raised when a loss term is non-finite or explodes (a FloatingPointError, as Detectron2's)."""
+
+
+class DivergenceHook(HookBase):
+    """
+    Check every loss term right after the model's training forward (before the backward pass,
+    the metrics and the optimizer step) and stop training with :class:`TrainingDivergedError`
+    when one is non-finite or exceeds ``SOLVER.DIVERGENCE.FACTOR`` x its reference (its lowest
+    running median, at least ``MIN_LOSS``). The terms are read from the model's output through a
+    forward hook; under DDP they are averaged over ranks first, so every rank stops at the same
+    iteration.
+    """
+
+    def __init__(self, cfg):
+        d = cfg.SOLVER.DIVERGENCE
+        self.monitor = DivergenceMonitor(d.FACTOR, d.WINDOW, d.MIN_HISTORY, d.MIN_LOSS)
+        self.cfg = cfg
+        self._handle = None
+
+    def before_train(self):
+        self._handle = self.trainer.model.register_forward_hook(self._capture)
+
+    def after_train(self):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self.monitor.max_ratio:
+            peaks = {k: round(v, 2) for k, v in sorted(self.monitor.max_ratio.items())}
+            logger.info(
+                f"Divergence check: largest value / reference per loss term (reference: lowest "
+                f"running median, at least MIN_LOSS {self.monitor.min_loss}): {peaks} (stops "
+                f"above FACTOR {self.monitor.factor})"
+            )
+
+    def _capture(self, module, inputs, output):
+        """Forward hook: check the loss dict of a training forward (before backward and before
+        Detectron2 writes the metrics; HookBase.after_backward is not called for the hooks of a
+        DefaultTrainer)."""
+        if not (module.training and isinstance(output, dict)) or not output:
+            return
+        found = self.monitor.update(self.trainer.iter, self._values(output))
+        if found is not None:
+            message = self.message(found)
+            logger.error(message)
+            raise TrainingDivergedError(message)
+
+    @staticmethod
+    def _values(losses: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        names = sorted(losses)
+        values = torch.stack([losses[n].detach().float().reshape(()) for n in names])
+        if comm.get_world_size() > 1:
+            dist.all_reduce(values)
+            values /= comm.get_world_size()
+        return dict(zip(names, values.cpu().tolist()))
+
+    def message(self, found: Divergence) -> str:
+        """The error: what exploded, which group first, and what to change."""
+        cfg = self.cfg
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        advice = (
+            f"Lower the learning rate SOLVER.BASE_LR (now {cfg.SOLVER.BASE_LR}) or lengthen "
+            f"SOLVER.WARMUP_ITERS (now {cfg.SOLVER.WARMUP_ITERS})"
+        )
+        if clip.ENABLED:
+            advice += (
+                f"; gradient clipping (SOLVER.CLIP_GRADIENTS, {clip.CLIP_TYPE} {clip.CLIP_VALUE}) "
+                "keeps the steps finite but does not stop a too high learning rate"
+            )
+        if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":
+            kd = cfg.MODEL.KD
+            weights = dict(zip(kd.LOSSES, kd.LOSS_WEIGHTS))
+            advice += (
+                f". {'Above all' if 'distillation' in found.first_group else 'Also'}, consider "
+                f"lower MODEL.KD.LOSS_WEIGHTS (now {weights}) or a MODEL.KD.WARMUP_ITERS (now "
+                f"{kd.WARMUP_ITERS})"
+            )
+        return (
+            f"{found.describe()}. {advice}. (Thresholds: SOLVER.DIVERGENCE.FACTOR "
+            f"{self.monitor.factor}, MIN_LOSS {self.monitor.min_loss}; SOLVER.DIVERGENCE.ENABLED "
+            "False turns this check off.)"
+        )

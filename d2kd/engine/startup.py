@@ -1,0 +1,95 @@
+"""
+What ``train_net.py`` does at start-up besides Detectron2's ``default_setup``: attach d2kd's
+logger, check the training sets, and check that the models predict the training set's classes.
+"""
+
+import logging
+import os
+from typing import List
+
+from detectron2.data import MetadataCatalog
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.check import DatasetCheckError, check_datasets
+from ..modeling.checks import model_num_classes, reads_teacher_class_scores
+from .hooks import unwrap_model
+
+__all__ = ["setup_d2kd_logger", "check_training_data", "check_num_classes"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_d2kd_logger(cfg) -> logging.Logger:
+    """
+    Send ``d2kd.*`` messages where Detectron2's go: the console and ``OUTPUT_DIR/log.txt`` on
+    rank 0 (``log.txt.rank<N>`` on the others), as ``default_setup`` does for ``detectron2``.
+    """
+    return setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2kd")
+
+
+def check_training_data(cfg) -> None:
+    """
+    Run the dataset check (``DATASETS.CHECK``) on ``DATASETS.TRAIN`` on rank 0 and stop every
+    rank with :class:`DatasetCheckError` when it finds errors. Writes the reports and histograms
+    to ``OUTPUT_DIR/dataset_check/``.
+    """
+    c = cfg.DATASETS.CHECK
+    if not c.ENABLED:
+        logger.info("Dataset check skipped (DATASETS.CHECK.ENABLED False)")
+        return
+    error = None
+    if comm.is_main_process():
+        try:
+            check_datasets(
+                cfg.DATASETS.TRAIN,
+                tolerance=c.OUTSIDE_TOLERANCE,
+                check_images=c.IMAGES,
+                output_dir=os.path.join(cfg.OUTPUT_DIR, "dataset_check"),
+            )
+        except DatasetCheckError as e:
+            error = str(e)
+    errors = [e for e in comm.all_gather(error) if e]
+    if errors:
+        raise DatasetCheckError(errors[0])
+
+
+def _dataset_classes(names) -> List[int]:
+    return [len(MetadataCatalog.get(n).get("thing_classes", None) or []) or None for n in names]
+
+
+def check_num_classes(cfg, model) -> None:
+    """
+    Raise a ValueError when the student (and, for losses that read class scores, the teacher)
+    does not predict exactly the training set's classes (``thing_classes`` of every
+    ``DATASETS.TRAIN``, known once the data loader has loaded them).
+    """
+    names = list(cfg.DATASETS.TRAIN)
+    counts = {n: c for n, c in zip(names, _dataset_classes(names)) if c is not None}
+    if not counts:
+        logger.warning(f"Training sets {names} declare no thing_classes: class count not checked")
+        return
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"DATASETS.TRAIN sets have different class counts: {counts}")
+    expected = next(iter(counts.values()))
+    model = unwrap_model(model)
+    models = [("model", model)]
+    if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":
+        models = [("student", model.student)]
+        readers = reads_teacher_class_scores(cfg)
+        if readers:
+            models.append((f"teacher (read by {readers})", model.teacher))
+    for which, m in models:
+        n = model_num_classes(m)
+        if n is None:
+            logger.warning(f"The {which} ({type(m).__name__}) has no num_classes: not checked")
+        elif n != expected:
+            raise ValueError(
+                f"the {which} predicts {n} classes but the training data "
+                f"({', '.join(counts)}) has {expected} (thing_classes "
+                f"{list(MetadataCatalog.get(next(iter(counts))).thing_classes)}): set NUM_CLASSES "
+                f"{expected} in the {which.split()[0]}'s config (e.g. MODEL.RETINANET.NUM_CLASSES"
+                + (", in MODEL.KD.TEACHER.OPTS for the teacher" if which != "model" else "")
+                + ")"
+            )
+    logger.info(f"Class count checked: {expected} classes in {names}")
