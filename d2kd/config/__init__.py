@@ -3,10 +3,12 @@
 from detectron2.config import CfgNode as CN
 
 from .bckd_ld import add_bckd_ld_config
+from .crosskd import add_crosskd_config
 from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .detr import add_detr_config
 from .kd import add_kd_config
 from .pgd_fgd import add_pgd_fgd_config
+from .pkd import add_pkd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
 
@@ -20,6 +22,8 @@ def add_d2kd_config(cfg: CN) -> None:
     add_bckd_ld_config(cfg)
     add_detr_config(cfg)
     add_pgd_fgd_config(cfg)
+    add_crosskd_config(cfg)
+    add_pkd_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:
