@@ -29,6 +29,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from d2kd.layers.box_ops import box_area
 from d2kd.modeling.adapters import build_adapter
 from d2kd.modeling.dense_outputs import DenseOutputs, decode_boxes, dense_outputs
 from d2kd.modeling.frozen import run_frozen
@@ -57,10 +58,11 @@ from d2kd.utils.comm import reduce_mean
 
 from .terms import (
     align_to_teacher,
-    distribution_kl,
     giou_distance,
     iou_log_distance,
     kd_quality_focal,
+    kl_regression_loss,
+    normalized_sum,
     regression_weight,
 )
 
@@ -68,8 +70,6 @@ __all__ = ["CrossKDLoss", "REG_LOSSES", "NORMALIZERS", "detector_defaults"]
 
 REG_LOSSES = ("giou", "iou_log", "kl")
 NORMALIZERS = ("pos_per_gpu", "pos", "centerness")
-# mmdet's weight_reduce_loss divides by (avg_factor + float32 eps).
-_AVG_EPS = torch.finfo(torch.float32).eps
 
 
 def detector_defaults(student: nn.Module) -> Tuple[str, str]:
@@ -260,15 +260,16 @@ class CrossKDLoss(DistillLoss):
         student = self._models[0]
         if self.reg_loss == "kl":
             bins = cross.box_reg.shape[-1] // 4
-            kl = distribution_kl(cross.box_reg, t.box_reg, bins, self.kl_temperature)  # (N, R, 4)
-            # Official: sum(w * KL) / (4 + eps) / sum(w) times 4.0; sum(w) per GPU, not clamped
-            # (clamped here only to keep an all-padding batch finite: 0 / tiny = 0).
-            return (kl.sum(dim=-1) * w).sum() / w.sum().clamp(min=1e-12)
+            return kl_regression_loss(cross.box_reg, t.box_reg, w, bins, self.kl_temperature)
         boxes = decode_boxes(student, cross.box_reg, cross.anchors)
         with torch.no_grad():
-            t_boxes = decode_boxes(student, t.box_reg, t.anchors)
+            t_boxes = decode_boxes(student, t.box_reg, t.anchors).float()
+            # Detectron2's FCOS decodes ReLU(deltas), so a teacher box can have zero width or
+            # height (mmdet's exp never does); there is no box to distil there, and the IoU of
+            # two such boxes is 0 (-ln 1e-6 = 13.8 even when cross == teacher): weight 0.
+            w = w * (box_area(t_boxes) > 0).float()
         dist = giou_distance if self.reg_loss == "giou" else iou_log_distance
-        return (dist(boxes.float(), t_boxes.float()) * w).sum() / (z + _AVG_EPS)
+        return normalized_sum(dist(boxes.float(), t_boxes), w, z)
 
     def _ctr(self, cross: DenseOutputs, t: DenseOutputs, pair: DensePair, z: Tensor) -> Tensor:
         if not cross.extras:
@@ -277,8 +278,8 @@ class CrossKDLoss(DistillLoss):
             )
         pos = pair.positives()
         c_hat, c_t = cross.extras[0].squeeze(-1)[pos], t.extras[0].squeeze(-1)[pos].detach().float()
-        bce = F.binary_cross_entropy_with_logits(c_hat, c_t.sigmoid(), reduction="sum")
-        return bce / (z + _AVG_EPS)
+        bce = F.binary_cross_entropy_with_logits(c_hat, c_t.sigmoid(), reduction="none")
+        return normalized_sum(bce, 1.0, z)
 
     def forward(self, record: DistillRecord) -> Dict[str, Tensor]:
         student, teacher = self._models
@@ -292,7 +293,7 @@ class CrossKDLoss(DistillLoss):
         cls = kd_quality_focal(cross.logits, t.logits, self.cls_beta).sum(dim=-1)  # (N, R)
         w = regression_weight(t.logits) * (omega > 0).float()  # (N, R)
         losses = {
-            "loss_kd_crosskd_cls": self.cls_weight * (cls * omega).sum() / (z + _AVG_EPS),
+            "loss_kd_crosskd_cls": self.cls_weight * normalized_sum(cls, omega, z),
             "loss_kd_crosskd_reg": self.reg_weight * self._reg(cross, t, w, z),
         }
         if self.ctr_weight > 0:

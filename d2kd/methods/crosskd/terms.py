@@ -18,7 +18,13 @@ __all__ = [
     "giou_distance",
     "iou_log_distance",
     "distribution_kl",
+    "AVG_EPS",
+    "normalized_sum",
+    "kl_regression_loss",
 ]
+
+# mmdet's weight_reduce_loss divides a sum by (avg_factor + float32 eps).
+AVG_EPS = 1.1920928955078125e-07
 
 
 def align_to_teacher(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
@@ -92,3 +98,27 @@ def distribution_kl(cross: Tensor, teacher: Tensor, bins: int, temperature: floa
     log_p_teacher = F.log_softmax(teacher.detach().reshape(shape) / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_cross)).sum(dim=-1)
     return kl * temperature**2
+
+
+def normalized_sum(values: Tensor, weights: Tensor, normalizer) -> Tensor:
+    """``sum(values * weights) / (normalizer + eps)`` (mmdet's avg_factor reduction); any shapes
+    that broadcast, e.g. (N, R) per-prior terms and (N, R) prior weights."""
+    return (values * weights).sum() / (normalizer + AVG_EPS)
+
+
+def kl_regression_loss(
+    cross: Tensor, teacher: Tensor, weights: Tensor, bins: int, temperature: float = 1.0
+) -> Tensor:
+    """
+    GFL's CrossKD regression term: ``sum_i w_i sum_e KL_ie / sum_i w_i`` (the official config's
+    weight 4.0 against its avg_factor 4 makes the effective weight 1; the official (4 + eps)
+    divisor is taken as 4). ``sum w`` is not clamped in the official code; here a sum of 0 (only
+    padding priors) gives 0 instead of NaN.
+
+    Args:
+        cross, teacher: (..., 4 * bins) distribution logits; weights: (...) prior weights.
+    Returns:
+        scalar.
+    """
+    kl = distribution_kl(cross, teacher, bins, temperature).sum(dim=-1)  # (...)
+    return (kl * weights).sum() / weights.sum().clamp(min=1e-12)
