@@ -3,8 +3,9 @@
 ``import d2kd`` registers d2kd's meta-architectures, distillation losses, mask generators and
 datasets with Detectron2's registries; ``d2kd.add_d2kd_config(cfg)`` adds its config keys.
 
-The pure-PyTorch parts (``d2kd.layers``, ``d2kd.modeling.recorder``, ``d2kd.modeling.record``)
-import without Detectron2; everything else needs it.
+The pure-PyTorch parts (``d2kd.layers``, ``d2kd.modeling.recorder``, ``d2kd.modeling.record``,
+the ``terms`` modules of ``d2kd.methods.<method>``) import without Detectron2; everything else
+needs it.
 """
 
 __version__ = "0.1.0"
