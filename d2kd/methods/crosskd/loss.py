@@ -221,19 +221,20 @@ class CrossKDLoss(DistillLoss):
                 f"CrossKD: the student's head ran on {len(s_holds[0])} levels, the teacher's on "
                 f"{len(t_holds[0])}"
             )
-        outputs = []
+        levels = []  # per level [cls, box], adapted and aligned
         for level in range(len(s_holds[0])):
-            inputs = []
+            pair = []
             for b, s_maps, t_maps in zip(("cls", "box"), s_holds, t_holds):
                 u = self.adapters[b](s_maps[level].float())
-                inputs.append(align_to_teacher(u, t_maps[level].float()) if self.align else u)
-            outputs.append(
-                run_frozen(
-                    teacher,
-                    lambda c, r: head_from_block(teacher.head, self.k, level, c, r),
-                    *inputs,
-                )
-            )
+                pair.append(align_to_teacher(u, t_maps[level].float()) if self.align else u)
+            levels.append(pair)
+
+        def tail(levels):
+            return [
+                head_from_block(teacher.head, self.k, i, c, r) for i, (c, r) in enumerate(levels)
+            ]
+
+        outputs = run_frozen(teacher, tail, levels)
         return level_outputs(outputs)
 
     # ------------------------------------------------------------------------- terms
