@@ -25,6 +25,6 @@ else:
     from .config import add_d2kd_config, get_d2kd_cfg
 
     # Imported for their registration side effects:
-    from . import data, modeling, methods  # noqa: F401 isort:skip
+    from . import data, methods, modeling  # noqa: F401 isort:skip
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]

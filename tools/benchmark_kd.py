@@ -17,6 +17,12 @@ For each distillation config, on one fixed batch of IMS_PER_BATCH shapes images,
 and the peak memory of (a) and (c). ``c / (a + b)`` is the step time of distillation over the time
 of its two unavoidable parts: what exceeds 1 is spent in distillation losses and bookkeeping.
 
+For configs with a loss that runs part of the frozen teacher on student tensors (a loss with a
+``cross_head(record)`` method: CrossKD), also (d): the forward and backward of that part alone
+(the student's activations of one recorded step taken as detached leaves, so only the alignment,
+the teacher's tail and its backward are timed). It is contained in (c) and is the method's
+inherent extra cost: the teacher's head layers run a second time, with gradients.
+
 Training steps are Detectron2's ``SimpleTrainer.run_step`` (forward, backward, metrics, optimizer
 with the config's gradient clipping). Each measurement runs in its own fresh process, so that one
 model's allocations do not hide another's. Times are wall-clock (``perf_counter``, after
@@ -51,6 +57,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 MODES = ("student", "teacher", "kd")
+TAIL = "tail"  # (d), only for configs with a cross_head loss
 
 
 # ----------------------------------------------------------------------------- memory
@@ -125,6 +132,8 @@ def build_step(cfg, mode: str, batch: List[dict]):
         teacher, _ = build_teacher(cfg)
         run_mode = teacher_run_mode(teacher, cfg.MODEL.KD.TEACHER.RUN)
         return lambda: run_teacher(teacher, run_mode, batch)
+    if mode == TAIL:
+        return build_tail_step(cfg, batch)
     model = build_student(cfg) if mode == "student" else build_model(cfg)
     model.train()
     # The same batch every step: data loading is not part of what is measured.
@@ -140,6 +149,50 @@ def build_step(cfg, mode: str, batch: List[dict]):
 
     trainer.iter = 0
     return step
+
+
+def _detached_leaf(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().requires_grad_(True)
+    return type(x)(_detached_leaf(v) for v in x)
+
+
+def build_tail_step(cfg, batch: List[dict]):
+    """(d): forward + backward of every ``cross_head`` loss on one recorded step, student
+    detached."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    model = build_model(cfg).train()
+    seen = []
+    make = model._make_record
+    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
+    with EventStorage(0):
+        model(batch)
+    del model._make_record
+    record = seen[0]
+    losses = [loss for loss in model.losses.values() if hasattr(loss, "cross_head")]
+    for loss in losses:
+        for tap in set(loss.s_holds):
+            record.student[tap] = [_detached_leaf(x) for x in record.student[tap]]
+
+    def step():
+        total = 0.0
+        for loss in losses:
+            total = total + sum(x.float().sum() for outs in loss.cross_head(record) for x in outs)
+        total.backward()
+
+    step.leaves = [x for loss in losses for tap in set(loss.s_holds) for x in record.student[tap]]
+    step.teacher = model.teacher
+    return step
+
+
+def has_tail(config_file: str, device: str) -> bool:
+    """Whether a loss of the config runs part of the teacher on student tensors (``cross_head``)."""
+    from d2kd.modeling.losses import DISTILL_LOSS_REGISTRY
+
+    cfg = kd_cfg(config_file, device)
+    return any(hasattr(DISTILL_LOSS_REGISTRY.get(n), "cross_head") for n in cfg.MODEL.KD.LOSSES)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -243,23 +296,28 @@ def summarize(name: str, parts: Dict[str, Dict]) -> Dict:
     row["mem_kind"] = c["mem_kind"]
     ok = a["peak_mem_bytes"] and c["peak_mem_bytes"] is not None
     row["mem_ratio"] = c["peak_mem_bytes"] / a["peak_mem_bytes"] if ok else None
+    d = parts.get(TAIL)
+    row["tail_wall_s"] = d["wall_s"] if d else None
+    row["tail_cpu_s"] = d["cpu_s"] if d else None
     return row
 
 
 def print_table(rows: List[Dict]) -> None:
     head = (
         f"{'config':<44} {'(a) s/it':>9} {'(b) s/it':>9} {'(c) s/it':>9} {'c/(a+b)':>8} "
-        f"{'cpu c/(a+b)':>11} {'mem a MiB':>9} {'mem c MiB':>9} {'mem c/a':>7}"
+        f"{'cpu c/(a+b)':>11} {'mem a MiB':>9} {'mem c MiB':>9} {'mem c/a':>7} {'(d) s/it':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         mem_ratio = "n/a" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"
+        tail = "-" if r.get("tail_wall_s") is None else f"{r['tail_wall_s']:.3f}"
         print(
             f"{r['config']:<44} {r['student_wall_s']:>9.3f} {r['teacher_wall_s']:>9.3f} "
             f"{r['kd_wall_s']:>9.3f} {r['ratio_wall_s']:>8.2f} {r['ratio_cpu_s']:>11.2f} "
             f"{_mib(r['student_peak_mem_bytes']):>9} {_mib(r['kd_peak_mem_bytes']):>9} "
-            f"{mem_ratio:>7}"
+            f"{mem_ratio:>7} "
+            f"{tail:>8}"
         )
 
 
@@ -308,7 +366,8 @@ def main(argv=None) -> List[Dict]:
         try:
             keys = _part_keys(config_file, args.device)
             parts = {}
-            for mode in MODES:
+            modes = MODES + ((TAIL,) if has_tail(config_file, args.device) else ())
+            for mode in modes:
                 key = (mode, keys.get(mode, config_file))
                 if key not in cache:
                     print(f"[benchmark] {name}: measuring {mode} ...", flush=True)

@@ -4,7 +4,8 @@
 # cached under output/results/cache and shared between methods, then one Markdown table.
 #
 #   bash tools/shapes_results.sh            # all of them (the README runs: 2.95 h of one-thread
-#                                           # runs, two at a time on a 2-core CPU)
+#                                           # runs, two at a time on a 2-core CPU, before the four
+#                                           # CrossKD/PKD GFL runs were added: about 5 min each)
 #   bash tools/shapes_results.sh fcos gfl   # some detectors only
 #
 # Extra arguments for every demo run go in DEMO_ARGS, e.g. DEMO_ARGS="--device cpu".
@@ -17,7 +18,7 @@ declare -A RUNS=(
   [retinanet]="fgd_retinanet_R50_to_R18 pgd_retinanet_R50_to_R18 bckd_retinanet_R50_to_R18"
   [fcos]="fgd_fcos_R50_to_R18 pgd_fcos_R50_to_R18 bckd_fcos_R50_to_R18 pgd_bckd_fcos_R50_to_R18"
   [atss]="fgd_atss_R50_to_R18 pgd_atss_R50_to_R18"
-  [gfl]="ld_gfl_R50_to_R18 bckd_gfl_R50_to_R18 pgd_gfl_R50_to_R18 pgd_bckd_gfl_R50_to_R18"
+  [gfl]="ld_gfl_R50_to_R18 bckd_gfl_R50_to_R18 pgd_gfl_R50_to_R18 pgd_bckd_gfl_R50_to_R18 crosskd_gfl_R50_to_R18 crosskd_gfl_R50_to_R18_posthold crosskd_pkd_gfl_R50_to_R18 pkd_gfl_R50_to_R18"
   [deformable_detr]="detrdistill_deformable_detr_R50_to_R18"
 )
 detectors=("$@")

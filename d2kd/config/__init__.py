@@ -13,6 +13,7 @@ from detectron2.config import CfgNode as CN
 from .backbones import add_mobilenetv2_config
 from .bckd import add_bckd_config
 from .checks import add_checks_config
+from .crosskd import add_crosskd_config
 from .deformable_detr import add_deformable_detr_config, add_detr_solver_config
 from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .detrdistill import add_detrdistill_config
@@ -21,6 +22,7 @@ from .fgd import add_fgd_config
 from .kd import add_kd_config
 from .ld import add_ld_config
 from .pgd import add_pgd_config
+from .pkd import add_pkd_config
 
 __all__ = ["add_d2kd_config", "get_d2kd_cfg"]
 
@@ -41,6 +43,8 @@ def add_d2kd_config(cfg: CN) -> None:
     add_fgd_config(cfg)
     add_mobilenetv2_config(cfg)
     add_checks_config(cfg)
+    add_crosskd_config(cfg)
+    add_pkd_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

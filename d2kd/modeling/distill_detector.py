@@ -265,6 +265,8 @@ class DistillDetector(nn.Module):
             teacher=self.teacher_recorder.snapshot(),
             teacher_output=t_out,
             student_losses=s_losses,
+            student_versions=self.student_recorder.versions_snapshot(),
+            teacher_versions=self.teacher_recorder.versions_snapshot(),
         )
 
     def _compute_kd(self, record: DistillRecord, factor: float) -> Dict[str, torch.Tensor]:

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .recorder import tensor_versions
+
 __all__ = ["DistillRecord"]
 
 
@@ -28,6 +30,8 @@ class DistillRecord:
         teacher: tap name -> list of outputs recorded in the teacher's forward.
         teacher_output: what the teacher run returned (see ``MODEL.KD.TEACHER.RUN``).
         student_losses: the student's own detection losses.
+        student_versions / teacher_versions: tap -> per entry, the version counters of its tensors
+            when recorded (see :meth:`check_unmodified`); empty when the record was built by hand.
         extras: free room for values one loss computes and another reuses in the same step
             (e.g. a mask generator's output), keyed by a name the producer documents.
     """
@@ -41,6 +45,8 @@ class DistillRecord:
     teacher_output: Any = None
     student_losses: Dict[str, torch.Tensor] = field(default_factory=dict)
     extras: Dict[str, Any] = field(default_factory=dict)
+    student_versions: Dict[str, List[List[int]]] = field(default_factory=dict)
+    teacher_versions: Dict[str, List[List[int]]] = field(default_factory=dict)
 
     @staticmethod
     def _all(side: Dict[str, List[Any]], which: str, tap: str) -> List[Any]:
@@ -70,6 +76,32 @@ class DistillRecord:
     def teacher_all(self, tap: str) -> List[Any]:
         """Every output of the teacher's ``tap`` (one per call, e.g. per FPN level)."""
         return self._all(self.teacher, "teacher", tap)
+
+    def check_unmodified(self, side: str, tap: str) -> None:
+        """
+        Check that no tensor recorded at ``side``'s (``"student"`` / ``"teacher"``) ``tap`` was
+        modified in place after it was recorded, for a loss that relies on the recorded values
+        (an in-place op on the tap's output, such as a following ``nn.ReLU(inplace=True)``,
+        silently changes what the loss reads; CrossKD's official code holds post-ReLU features
+        through exactly that aliasing).
+
+        Raises:
+            KeyError: when no versions were recorded for ``tap``.
+            RuntimeError: naming the tap and the call whose tensor changed.
+        """
+        outs = self._all(self.student if side == "student" else self.teacher, side, tap)
+        recorded = self.student_versions if side == "student" else self.teacher_versions
+        if tap not in recorded or len(recorded[tap]) != len(outs):
+            raise KeyError(f'{side} tap "{tap}": no version counters recorded with its outputs')
+        for i, (out, before) in enumerate(zip(outs, recorded[tap])):
+            now = tensor_versions(out)
+            if now != before:
+                raise RuntimeError(
+                    f'{side} tap "{tap}" (call {i}) was modified in place after it was recorded '
+                    f"(tensor versions {before} -> {now}): the module after it probably works in "
+                    "place (e.g. nn.ReLU(inplace=True)); record another module or make it out of "
+                    "place"
+                )
 
     @property
     def device(self) -> torch.device:

@@ -12,14 +12,30 @@ A *tap* is a string naming what to record:
 A module or method called several times in one pass (a head tower applied to each FPN level)
 records one entry per call, in call order. Buffers are cleared when recording starts, so nothing
 leaks from one iteration into the next; outside a ``with recorder:`` block nothing is stored.
+
+With every entry the recorder keeps the version counters of the tensors in it
+(:func:`tensor_versions`), so a reader can tell whether a recorded tensor was modified in place
+after it was recorded (e.g. by an ``nn.ReLU(inplace=True)`` that follows the tapped module).
 """
 
 import difflib
 from typing import Any, Dict, Iterable, List
 
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["TapRecorder", "resolve_module"]
+__all__ = ["TapRecorder", "resolve_module", "tensor_versions"]
+
+
+def tensor_versions(obj: Any) -> List[int]:
+    """Version counters of every tensor in ``obj`` (a tensor, or lists/tuples/dicts of them), in
+    order."""
+    if isinstance(obj, Tensor):
+        return [obj._version]
+    if isinstance(obj, (list, tuple)):
+        return [v for x in obj for v in tensor_versions(x)]
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in tensor_versions(x)]
+    return []
 
 
 def resolve_module(model: nn.Module, name: str) -> nn.Module:
@@ -60,6 +76,7 @@ class TapRecorder:
         self.model = model
         self.taps: List[str] = list(dict.fromkeys(taps))  # de-duplicated, order kept
         self._buffers: Dict[str, List[Any]] = {t: [] for t in self.taps}
+        self._versions: Dict[str, List[List[int]]] = {t: [] for t in self.taps}
         self._handles: List[Any] = []
         self._wrapped: List[Any] = []  # (owner, method name)
         self.active = False
@@ -83,37 +100,40 @@ class TapRecorder:
         original = getattr(owner, method, None)
         if not callable(original):
             raise KeyError(f'"{tap}": {type(owner).__name__} has no method "{method}"')
-        buffer = self._buffers[tap]
+        buffer, versions = self._buffers[tap], self._versions[tap]
 
         def wrapper(*args, **kwargs):
             out = original(*args, **kwargs)
             if self.active:
                 buffer.append(out)
+                versions.append(tensor_versions(out))
             return out
 
         setattr(owner, method, wrapper)  # instance attribute shadows the class method
         self._wrapped.append((owner, method))
 
     def _hook(self, tap: str):
-        buffer = self._buffers[tap]
+        buffer, versions = self._buffers[tap], self._versions[tap]
 
         def hook(module, inputs, output):
             if self.active:
                 buffer.append(output)
+                versions.append(tensor_versions(output))
 
         return hook
 
     def _pre_hook(self, tap: str):
-        buffer = self._buffers[tap]
+        buffer, versions = self._buffers[tap], self._versions[tap]
 
         def hook(module, inputs):
             if self.active:
                 buffer.append(inputs[0])
+                versions.append(tensor_versions(inputs[0]))
 
         return hook
 
     def __enter__(self) -> "TapRecorder":
-        for buffer in self._buffers.values():
+        for buffer in list(self._buffers.values()) + list(self._versions.values()):
             buffer.clear()
         self.active = True
         return self
@@ -137,6 +157,10 @@ class TapRecorder:
     def snapshot(self) -> Dict[str, List[Any]]:
         """A shallow copy of every buffer: tap -> list of outputs."""
         return {tap: list(outs) for tap, outs in self._buffers.items()}
+
+    def versions_snapshot(self) -> Dict[str, List[List[int]]]:
+        """tap -> per recorded entry, the version counters of its tensors when it was recorded."""
+        return {tap: [list(v) for v in vs] for tap, vs in self._versions.items()}
 
     def close(self) -> None:
         """Remove every hook and method wrapper."""

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import tempfile
 
 import pytest
 
@@ -54,3 +55,50 @@ def test_measure_a_distillation_step_on_cpu():
     # tests (seen: 2 MiB with torch 2.14.1), so only a positive growth is asserted here; the
     # benchmark itself measures in a fresh process.
     assert result["peak_mem_bytes"] is None or result["peak_mem_bytes"] > 0
+
+
+CROSSKD_CFG = os.path.join(REPO, "configs/shapes/kd/crosskd_gfl_R50_to_R18.yaml")
+
+
+def test_tail_figure_only_for_configs_that_run_the_teacher_on_student_tensors():
+    bench = _bench()
+    assert bench.has_tail(CROSSKD_CFG, "cpu")
+    assert not bench.has_tail(KD_CFG, "cpu")
+    parts = {m: _part(1.0, 1.0, 10) for m in bench.MODES}
+    assert bench.summarize("cfg", parts)["tail_wall_s"] is None
+    parts[bench.TAIL] = _part(0.25, 0.5, 10)
+    row = bench.summarize("cfg", parts)
+    assert (row["tail_wall_s"], row["tail_cpu_s"]) == (0.25, 0.5)
+
+
+def test_tail_step_backpropagates_through_the_teacher_tail_only():
+    import torch
+    from detectron2.data import DatasetMapper
+
+    from tests.integration.common import tiny_cfg, tiny_dense_opts, tiny_shapes
+
+    bench = _bench()
+    t_opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.RESNETS.DEPTH",
+        18,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        64,
+    ]
+    t_opts += tiny_dense_opts("GFL")
+    cfg = tiny_cfg(
+        "shapes/kd/crosskd_gfl_R50_to_R18.yaml",
+        ["MODEL.KD.TEACHER.OPTS", t_opts, "MODEL.KD.CROSSKD.CROSS_BLOCK", 1]
+        + tiny_dense_opts("GFL"),
+    )
+    with tempfile.TemporaryDirectory() as root:
+        dicts = tiny_shapes(root, n=2)
+        batch = [DatasetMapper(cfg, is_train=True)(dict(d)) for d in dicts]
+    torch.manual_seed(0)
+    step = bench.build_tail_step(cfg, batch)
+    step()
+    step()  # again on the same record: the graph is rebuilt each time
+    assert len(step.leaves) == 2 * 5  # cls and box holds of five levels
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in step.leaves)
+    assert all(p.grad is None for p in step.teacher.parameters())
