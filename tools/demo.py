@@ -196,6 +196,7 @@ def student_cfgs(args, data: Dict, teacher_weights: str):
     """Stage 3's two configs: the same student and schedule, without and with distillation."""
     out = os.path.join(args.output, "distilled")
     kd = stage_cfg(args.method, args.student_iters, data, args, out, args.opts)
+    kd.merge_from_list(list(args.kd_opts))
     kd.MODEL.KD.TEACHER.CONFIG_FILE = args.teacher
     kd.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
     kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + list(args.opts)
@@ -215,13 +216,13 @@ def _rel(path: str) -> str:
 
 
 def format_table(rows: List[Dict]) -> str:
-    head = f"{'model':<26}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'seconds':>9}"
+    head = f"{'model':<30}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'seconds':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         vals = "".join(f"{format_ap(r[m]):>7}" for m in METRICS)
         iters = "" if r.get("iters") is None else str(r["iters"])
         secs = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
-        lines.append(f"{r['model']:<26}{vals}{iters:>7}{secs:>9}")
+        lines.append(f"{r['model']:<30}{vals}{iters:>7}{secs:>9}")
     return "\n".join(lines)
 
 
@@ -300,6 +301,21 @@ def parse_args(argv=None):
     p.add_argument(
         "--opts", nargs="*", default=[], help="KEY VALUE config overrides for every stage"
     )
+    p.add_argument(
+        "--kd-opts",
+        nargs="*",
+        default=[],
+        help="KEY VALUE overrides for the distilled stage only (e.g. SEED 43: the teacher and the "
+        "plain student stay cached)",
+    )
+    p.add_argument(
+        "--teacher-precisions",
+        nargs="*",
+        default=[],
+        help="train the distilled stage once per MODEL.KD.TEACHER.PRECISION given (e.g. fp32 "
+        "bf16), each in distilled_<precision>/, with the same seed, and report each "
+        "(default: once, with the config's)",
+    )
     args = p.parse_args(argv)
     args.method = resolve_config_path(args.method)
     if args.teacher == "method":
@@ -327,8 +343,17 @@ def main(argv=None) -> List[Dict]:
     plain, kd = student_cfgs(args, data, teacher["weights"])
     student = run_cached_stage(plain, args.retrain, "student")
     s_metrics = student["metrics"]
-    logger.info(f"Stage 3/4: the distilled student ({kd.SOLVER.MAX_ITER} iterations)")
-    d_metrics, d_secs = train_and_evaluate(kd)
+    distilled = []
+    for precision in args.teacher_precisions or [None]:
+        cfg = kd.clone()
+        if precision is not None:
+            cfg.MODEL.KD.TEACHER.PRECISION = precision
+            cfg.OUTPUT_DIR = os.path.join(args.output, f"distilled_{precision}")
+        logger.info(
+            f"Stage 3/4: the distilled student ({kd.SOLVER.MAX_ITER} iterations, teacher "
+            f"precision {cfg.MODEL.KD.TEACHER.PRECISION})"
+        )
+        distilled.append((precision, *train_and_evaluate(cfg)))
     logger.info("Stage 4/4: results")
     rows = [
         {"model": "teacher (cached)" if teacher["cached"] else "teacher", "config": _rel(args.teacher),
@@ -336,13 +361,20 @@ def main(argv=None) -> List[Dict]:
          **teacher["metrics"]},
         {"model": "student (cached)" if student["cached"] else "student", "config": _rel(args.method),
          "iters": plain.SOLVER.MAX_ITER, "seconds": student["seconds"], **s_metrics},
-        {"model": "distilled", "config": _rel(args.method),
-         "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics},
-        {"model": "gain (distilled-student)", **{m: d_metrics[m] - s_metrics[m] for m in METRICS}},
     ]  # fmt: skip
+    for precision, d_metrics, d_secs in distilled:
+        suffix = "" if precision is None else f" ({precision})"
+        rows.append({"model": f"distilled{suffix}", "config": _rel(args.method),
+                     "teacher_precision": precision or kd.MODEL.KD.TEACHER.PRECISION,
+                     "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics})  # fmt: skip
+    for precision, d_metrics, _ in distilled:
+        suffix = "" if precision is None else f" {precision}"
+        rows.append({"model": f"gain (distilled{suffix}-student)",
+                     **{m: d_metrics[m] - s_metrics[m] for m in METRICS}})  # fmt: skip
     meta = {
         "method": _rel(args.method),
         "device": kd.MODEL.DEVICE,
+        "seed": kd.SEED,
         "total_seconds": time.perf_counter() - start,
         "datasets": {"train": data["train"], "val": data["val"], "root": args.data_root},
     }
