@@ -2,7 +2,8 @@
 :class:`DistillDetector`: a frozen teacher and a trainable student in one meta-architecture.
 
 Training step, in order (one private method each):
-  1. run the teacher (no_grad, eval) on the batch, in its own input format, recording its taps;
+  1. run the teacher (no_grad, eval) on the batch, in its own input format, recording its taps, at
+     ``MODEL.KD.TEACHER.PRECISION`` (its taps and output cast back to fp32; see teacher_speed.py);
   2. run the student's ordinary training forward, recording its taps -> detection losses;
   3. gather both into a :class:`DistillRecord` (checking both saw the same padded tensor);
   4. compute every distillation loss on the record, in fp32, times its weight and the warm-up;
