@@ -196,7 +196,6 @@ def student_cfgs(args, data: Dict, teacher_weights: str):
     """Stage 3's two configs: the same student and schedule, without and with distillation."""
     out = os.path.join(args.output, "distilled")
     kd = stage_cfg(args.method, args.student_iters, data, args, out, args.opts)
-    kd.merge_from_list(list(args.kd_opts))
     kd.MODEL.KD.TEACHER.CONFIG_FILE = args.teacher
     kd.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
     kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + list(args.opts)
@@ -205,6 +204,7 @@ def student_cfgs(args, data: Dict, teacher_weights: str):
     # The plain student does not depend on the method: methods sharing a student and schedule
     # reuse one run (cached like the teacher).
     plain.OUTPUT_DIR = os.path.join(args.cache_dir, "students", _digest(plain, data))
+    kd.merge_from_list(list(args.kd_opts))  # after the plain student's config: it stays cached
     return plain, kd
 
 
