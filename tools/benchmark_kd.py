@@ -23,6 +23,18 @@ For configs with a loss that runs part of the frozen teacher on student tensors 
 the teacher's tail and its backward are timed). It is contained in (c) and is the method's
 inherent extra cost: the teacher's head layers run a second time, with gradients.
 
+Teacher settings (``--teacher-settings``, default ``fp32:nofold fp32 bf16``): (b) and (c) are
+measured for each. A setting is ``PRECISION[:FLAG...]`` with PRECISION fp32 | bf16 | fp16
+(``MODEL.KD.TEACHER.PRECISION``) and flags ``fold`` / ``nofold`` (``FOLD_NORMS``), ``cl`` / ``nocl``
+(``CHANNELS_LAST``); unset flags keep the config's values. The first setting is the reference
+(``fp32:nofold`` is the teacher pass as it was before these options existed): each row also gives
+``b / b_ref``, ``c / (a + b_ref)`` and the maximum relative change (``|x - x_ref| / |x_ref|``,
+Frobenius norms, per tensor) of the distillation targets against the reference on the benchmark
+batch: every floating tensor of the teacher's taps and of its returned output (FPN features, head
+logits and box regressions, anchors, DETR outputs), as the losses receive them (fp32); the name of
+the tensor that changed most is in the JSON. A random teacher (no weights file) first gets its
+batch norms' statistics from the batch (see ``calibrate_batch_norms``), as a trained one has them.
+
 Training steps are Detectron2's ``SimpleTrainer.run_step`` (forward, backward, metrics, optimizer
 with the config's gradient clipping). Each measurement runs in its own fresh process, so that one
 model's allocations do not hide another's. Times are wall-clock (``perf_counter``, after
@@ -58,6 +70,29 @@ sys.path.insert(0, REPO)
 
 MODES = ("student", "teacher", "kd")
 TAIL = "tail"  # (d), only for configs with a cross_head loss
+DEFAULT_SETTINGS = ("fp32:nofold", "fp32", "bf16")
+_FLAGS = {
+    "fold": ("FOLD_NORMS", True),
+    "nofold": ("FOLD_NORMS", False),
+    "cl": ("CHANNELS_LAST", True),
+    "nocl": ("CHANNELS_LAST", False),
+}
+
+
+def setting_opts(setting: Optional[str]) -> List:
+    """``MODEL.KD.TEACHER.*`` overrides of a teacher setting such as ``"bf16:nofold:cl"``."""
+    if not setting:
+        return []
+    precision, *flags = setting.split(":")
+    opts = ["MODEL.KD.TEACHER.PRECISION", precision]
+    for flag in flags:
+        if flag not in _FLAGS:
+            raise ValueError(
+                f'teacher setting "{setting}": unknown flag "{flag}"; use {sorted(_FLAGS)}'
+            )
+        key, value = _FLAGS[flag]
+        opts += [f"MODEL.KD.TEACHER.{key}", value]
+    return opts
 
 
 # ----------------------------------------------------------------------------- memory
@@ -89,11 +124,12 @@ def _cpu_peak() -> Optional[int]:
 
 
 # ----------------------------------------------------------------------------- building
-def kd_cfg(config_file: str, device: str):
-    """The distillation config on ``device``; a random teacher where its weights are absent."""
+def kd_cfg(config_file: str, device: str, setting: Optional[str] = None):
+    """The distillation config on ``device`` with the teacher ``setting``; a random teacher where
+    its weights are absent."""
     import train_net
 
-    cfg = train_net.load_cfg(config_file, ["MODEL.DEVICE", device])
+    cfg = train_net.load_cfg(config_file, ["MODEL.DEVICE", device, *setting_opts(setting)])
     kd = cfg.MODEL.KD.TEACHER
     kd.OPTS = list(kd.OPTS) + ["MODEL.DEVICE", device]
     if not (kd.WEIGHTS and os.path.isfile(kd.WEIGHTS)):
@@ -125,13 +161,14 @@ def build_step(cfg, mode: str, batch: List[dict]):
     from detectron2.utils.events import EventStorage
 
     from d2kd.modeling.distill_detector import build_student
-    from d2kd.modeling.teacher import build_teacher, run_teacher, teacher_run_mode
     from d2kd.solver import build_optimizer  # the optimizer train_net.py uses (AdamW for DETR)
 
     if mode == "teacher":
-        teacher, _ = build_teacher(cfg)
-        run_mode = teacher_run_mode(teacher, cfg.MODEL.KD.TEACHER.RUN)
-        return lambda: run_teacher(teacher, run_mode, batch)
+        # The teacher pass exactly as DistillDetector runs it: its settings, taps recorded,
+        # outputs and taps cast to fp32.
+        model = build_model(cfg)
+        model.train()
+        return lambda: model._run_teacher(batch)
     if mode == TAIL:
         return build_tail_step(cfg, batch)
     model = build_student(cfg) if mode == "student" else build_model(cfg)
@@ -197,9 +234,16 @@ def has_tail(config_file: str, device: str) -> bool:
 
 # ----------------------------------------------------------------------------- measuring
 def measure(
-    config_file: str, mode: str, device: str, reps: int, warmup: int, threads: int = 0
+    config_file: str,
+    mode: str,
+    device: str,
+    reps: int,
+    warmup: int,
+    threads: int = 0,
+    setting: Optional[str] = None,
 ) -> Dict:
-    """Run ``mode`` of ``config_file`` ``warmup + reps`` times; times and peak memory."""
+    """Run ``mode`` of ``config_file`` (teacher ``setting``) ``warmup + reps`` times; times and
+    peak memory."""
     from detectron2.utils.env import seed_all_rng
 
     import d2kd  # noqa: F401  (registers d2kd's models)
@@ -207,7 +251,7 @@ def measure(
     if threads > 0:
         torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = False
-    cfg = kd_cfg(config_file, device)
+    cfg = kd_cfg(config_file, device, setting)
     seed_all_rng(cfg.SEED)
     cuda = cfg.MODEL.DEVICE.startswith("cuda")
     with tempfile.TemporaryDirectory() as root:
@@ -245,20 +289,96 @@ def measure(
         "device": cfg.MODEL.DEVICE,
         "teacher_weights": kd.WEIGHTS or "random init",
         "threads": torch.get_num_threads(),
+        "setting": setting,
     }
 
 
-def _worker(queue, *args):
+def _flat_tensors(obj, prefix: str = "") -> Dict[str, "torch.Tensor"]:
+    """name -> floating tensor, for every floating tensor in a nested output."""
+    import dataclasses
+
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj} if obj.is_floating_point() else {}
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    elif dataclasses.is_dataclass(obj):
+        items = ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    elif isinstance(getattr(obj, "tensor", None), torch.Tensor):
+        items = [("tensor", obj.tensor)]
+    else:
+        return {}
+    out = {}
+    for k, v in items:
+        out.update(_flat_tensors(v, f"{prefix}/{k}" if prefix else str(k)))
+    return out
+
+
+def teacher_targets(config_file: str, device: str, setting: Optional[str]) -> Dict:
+    """Every floating tensor the distillation losses receive from the teacher (taps and output,
+    fp32) on the benchmark batch, with the teacher ``setting``; the same random teacher for
+    every setting (seeded) where the configured weights are absent."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.env import seed_all_rng
+
+    import d2kd  # noqa: F401
+    from d2kd.modeling.teacher import run_teacher
+    from d2kd.modeling.teacher_speed import calibrate_batch_norms
+
+    cfg = kd_cfg(config_file, device, setting)
+    seed_all_rng(cfg.SEED)
+    with tempfile.TemporaryDirectory() as root:
+        batch = fixed_batch(cfg, root)
+    seed_all_rng(cfg.SEED)
+    model = build_model(cfg)
+    model.train()
+    if not cfg.MODEL.KD.TEACHER.WEIGHTS:
+        # A random teacher's batch norms are identities and its activations unnormalised, unlike
+        # any trained teacher's: give them the batch's statistics first (before any folding).
+        run = lambda: run_teacher(model.teacher, model.teacher_run, batch)  # noqa: E731
+        calibrate_batch_norms(model.teacher, run)
+    _, out, taps = model._run_teacher(batch)
+    flat = _flat_tensors({"taps": taps, "output": out})
+    return {k: v.detach().cpu() for k, v in flat.items()}
+
+
+def target_changes(config_file: str, device: str, settings: List[str]) -> Dict[str, Dict]:
+    """setting -> {"max_rel": max over target tensors of |x - x_ref| / |x_ref|, "worst": its name,
+    "median_rel": the median over the tensors, "finite": all targets finite}, the reference
+    being ``settings[0]``.
+    """
+    ref = teacher_targets(config_file, device, settings[0])
+    out = {}
+    for setting in settings:
+        cur = ref if setting == settings[0] else teacher_targets(config_file, device, setting)
+        if set(cur) != set(ref):
+            raise RuntimeError(f"{setting}: targets {sorted(set(cur) ^ set(ref))} differ in name")
+        rel = {}
+        for k, r in ref.items():
+            d = (cur[k].double() - r.double()).norm() / r.double().norm().clamp_min(1e-12)
+            rel[k] = float(d)
+        worst = max(rel, key=rel.get) if rel else None
+        out[setting] = {
+            "max_rel": rel[worst] if worst else 0.0,
+            "median_rel": statistics.median(rel.values()) if rel else 0.0,
+            "worst": worst,
+            "finite": all(bool(torch.isfinite(v).all()) for v in cur.values()),
+        }
+    return out
+
+
+def _worker(queue, fn, *args):
     try:
-        queue.put(("ok", measure(*args)))
+        queue.put(("ok", fn(*args)))
     except Exception as e:  # reported in the parent, with the config that failed
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def measure_in_subprocess(*args) -> Dict:
+def measure_in_subprocess(*args, fn=measure) -> Dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(queue, *args))
+    proc = ctx.Process(target=_worker, args=(queue, fn, *args))
     proc.start()
     status, value = queue.get()
     proc.join()
@@ -284,13 +404,19 @@ def _mib(n: Optional[int]) -> str:
     return "n/a" if n is None else f"{n / 2**20:.0f}"
 
 
-def summarize(name: str, parts: Dict[str, Dict]) -> Dict:
+def summarize(name: str, parts: Dict[str, Dict], ref_teacher: Optional[Dict] = None) -> Dict:
+    """One row: ``parts`` holds the student, teacher and kd measurements of one teacher setting;
+    ``ref_teacher`` the teacher measurement of the reference setting (default: this one)."""
     a, b, c = (parts[m] for m in MODES)
+    ref = ref_teacher or b
     row = {"config": name, "device": c["device"], "teacher_weights": c["teacher_weights"]}
     row["threads"] = c["threads"]
+    row["setting"] = b.get("setting")
     for key in ("wall_s", "cpu_s"):
         row[f"student_{key}"], row[f"teacher_{key}"], row[f"kd_{key}"] = a[key], b[key], c[key]
         row[f"ratio_{key}"] = c[key] / (a[key] + b[key])
+        row[f"ratio_ref_{key}"] = c[key] / (a[key] + ref[key])
+        row[f"teacher_over_ref_{key}"] = b[key] / ref[key]
     row["student_peak_mem_bytes"] = a["peak_mem_bytes"]
     row["kd_peak_mem_bytes"] = c["peak_mem_bytes"]
     row["mem_kind"] = c["mem_kind"]
@@ -304,19 +430,25 @@ def summarize(name: str, parts: Dict[str, Dict]) -> Dict:
 
 def print_table(rows: List[Dict]) -> None:
     head = (
-        f"{'config':<44} {'(a) s/it':>9} {'(b) s/it':>9} {'(c) s/it':>9} {'c/(a+b)':>8} "
-        f"{'cpu c/(a+b)':>11} {'mem a MiB':>9} {'mem c MiB':>9} {'mem c/a':>7} {'(d) s/it':>8}"
+        f"{'config':<44} {'teacher':<12} {'(a) s/it':>9} {'(b) s/it':>9} {'(c) s/it':>9} "
+        f"{'c/(a+b)':>8} {'c/(a+bref)':>10} {'b/bref':>7} {'cpu b/bref':>10} "
+        f"{'cpu c/(a+bref)':>14} {'max rel d':>9} {'med rel d':>9} {'mem c/a':>7} {'(d) s/it':>8}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         mem_ratio = "n/a" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"
         tail = "-" if r.get("tail_wall_s") is None else f"{r['tail_wall_s']:.3f}"
+        change = r.get("target_max_rel")
+        change = "n/a" if change is None else f"{change:.1e}"
+        median = r.get("target_median_rel")
+        median = "n/a" if median is None else f"{median:.1e}"
         print(
-            f"{r['config']:<44} {r['student_wall_s']:>9.3f} {r['teacher_wall_s']:>9.3f} "
-            f"{r['kd_wall_s']:>9.3f} {r['ratio_wall_s']:>8.2f} {r['ratio_cpu_s']:>11.2f} "
-            f"{_mib(r['student_peak_mem_bytes']):>9} {_mib(r['kd_peak_mem_bytes']):>9} "
-            f"{mem_ratio:>7} "
+            f"{r['config']:<44} {str(r['setting']):<12} {r['student_wall_s']:>9.3f} "
+            f"{r['teacher_wall_s']:>9.3f} {r['kd_wall_s']:>9.3f} {r['ratio_wall_s']:>8.2f} "
+            f"{r['ratio_ref_wall_s']:>10.2f} {r['teacher_over_ref_wall_s']:>7.2f} "
+            f"{r['teacher_over_ref_cpu_s']:>10.2f} {r['ratio_ref_cpu_s']:>14.2f} {change:>9} "
+            f"{median:>9} {mem_ratio:>7} "
             f"{tail:>8}"
         )
 
@@ -352,38 +484,76 @@ def parse_args(argv=None):
         help="torch CPU threads (0: torch's default). On a machine shared with other jobs, 1 "
         "makes the CPU-time columns reliable (idle threads of a busy machine spin and burn CPU)",
     )
+    p.add_argument(
+        "--teacher-settings",
+        nargs="+",
+        default=list(DEFAULT_SETTINGS),
+        help="teacher settings PRECISION[:fold|nofold][:cl|nocl]; the first is the reference",
+    )
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
+
+
+def measure_config(config_file: str, args, cache: Dict) -> List[Dict]:
+    """The rows of one config, one per teacher setting (parts shared between configs are
+    measured once)."""
+    name = os.path.relpath(config_file, REPO)
+    keys = _part_keys(config_file, args.device)
+    settings = list(args.teacher_settings)
+    parts = {}
+    for setting in settings:
+        for mode in MODES:
+            part = (mode, keys.get(mode, config_file), None if mode == "student" else setting)
+            if part not in cache:
+                print(f"[benchmark] {name}: measuring {mode} {part[2] or ''}...", flush=True)
+                cache[part] = measure_in_subprocess(
+                    config_file, mode, args.device, args.reps, args.warmup, args.threads, part[2]
+                )
+            parts[(mode, setting)] = cache[part]
+    if has_tail(config_file, args.device):  # (d): run_frozen works in fp32 whatever the setting
+        part = (TAIL, config_file, None)
+        if part not in cache:
+            print(f"[benchmark] {name}: measuring {TAIL} ...", flush=True)
+            cache[part] = measure_in_subprocess(
+                config_file, TAIL, args.device, args.reps, args.warmup, args.threads, None
+            )
+        parts[(TAIL, None)] = cache[part]
+    print(f"[benchmark] {name}: distillation targets per teacher setting ...", flush=True)
+    changes = measure_in_subprocess(config_file, args.device, settings, fn=target_changes)
+    rows = []
+    for setting in settings:
+        setting_parts = {m: parts[(m, setting)] for m in MODES}
+        if (TAIL, None) in parts:
+            setting_parts[TAIL] = parts[(TAIL, None)]
+        row = summarize(name, setting_parts, ref_teacher=parts[("teacher", settings[0])])
+        row["reference_setting"] = settings[0]
+        row["target_max_rel"] = changes[setting]["max_rel"]
+        row["target_median_rel"] = changes[setting]["median_rel"]
+        row["target_worst"] = changes[setting]["worst"]
+        row["targets_finite"] = changes[setting]["finite"]
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> List[Dict]:
     args = parse_args(argv)
     configs = args.configs or sorted(glob.glob(os.path.join(REPO, "configs/shapes/kd/*.yaml")))
+    for setting in args.teacher_settings:
+        setting_opts(setting)  # a typo fails now, not after the first measurements
     cache: Dict[tuple, Dict] = {}
     rows, skipped = [], {}
     for config_file in configs:
-        name = os.path.relpath(config_file, REPO)
         try:
-            keys = _part_keys(config_file, args.device)
-            parts = {}
-            modes = MODES + ((TAIL,) if has_tail(config_file, args.device) else ())
-            for mode in modes:
-                key = (mode, keys.get(mode, config_file))
-                if key not in cache:
-                    print(f"[benchmark] {name}: measuring {mode} ...", flush=True)
-                    cache[key] = measure_in_subprocess(
-                        config_file, mode, args.device, args.reps, args.warmup, args.threads
-                    )
-                parts[mode] = cache[key]
+            rows += measure_config(config_file, args, cache)
         except Exception as e:  # a config that does not build is reported, not fatal
+            name = os.path.relpath(config_file, REPO)
             skipped[name] = f"{type(e).__name__}: {e}"
             print(f"[benchmark] skipping {name}: {skipped[name]}", flush=True)
-            continue
-        rows.append(summarize(name, parts))
     info = machine()
     threads = rows[0]["threads"] if rows else args.threads
     print(f"\nmachine: {info}")
-    print(f"median of {args.reps} reps after {args.warmup} warm-up, {threads} torch thread(s)\n")
+    print(f"median of {args.reps} reps after {args.warmup} warm-up, {threads} torch thread(s); ")
+    print(f"reference teacher setting (bref): {args.teacher_settings[0]}\n")
     print_table(rows)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")

@@ -16,14 +16,14 @@ Stages:
      student's; cached like the teacher, under ``<cache-dir>/students/<hash>/``, so methods
      sharing a student train it once);
   4. train the same student, with the same seed and schedule, distilled (``DistillDetector``),
-     under ``<output>/distilled/``;
+     under ``<output>/distilled/`` (with ``--teacher-precisions``, once per teacher precision,
+     under ``<output>/distilled_<precision>/``);
   5. evaluate all three with COCOEvaluator on the val split, print one table and write
      ``results.json``, ``results.csv`` and ``results.png`` under ``--output``. Each row names the
      resolved ``config.yaml`` its stage trained with, and its weights.
 
 Every stage runs through ``train_net.Trainer`` (Detectron2's DefaultTrainer), so progress
-(iteration,
-ETA, losses) is printed every 20 iterations as in any Detectron2 training.
+(iteration, ETA, losses) is printed every 20 iterations as in any Detectron2 training.
 """
 
 import argparse
@@ -210,6 +210,7 @@ def student_cfgs(args, data: Dict, teacher_weights: str):
     # The plain student does not depend on the method: methods sharing a student and schedule
     # reuse one run (cached like the teacher).
     plain.OUTPUT_DIR = os.path.join(args.cache_dir, "students", _digest(plain, data))
+    kd.merge_from_list(list(args.kd_opts))  # after the plain student's config: it stays cached
     return plain, kd
 
 
@@ -231,13 +232,13 @@ def _files(cfg, source: str) -> Dict[str, str]:
 
 
 def format_table(rows: List[Dict]) -> str:
-    head = f"{'model':<26}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'seconds':>9}"
+    head = f"{'model':<30}" + "".join(f"{m:>7}" for m in METRICS) + f"{'iters':>7}{'seconds':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         vals = "".join(f"{format_ap(r[m]):>7}" for m in METRICS)
         iters = "" if r.get("iters") is None else str(r["iters"])
         secs = "" if r.get("seconds") is None else f"{r['seconds']:.0f}"
-        lines.append(f"{r['model']:<26}{vals}{iters:>7}{secs:>9}")
+        lines.append(f"{r['model']:<30}{vals}{iters:>7}{secs:>9}")
     return "\n".join(lines)
 
 
@@ -316,6 +317,21 @@ def parse_args(argv=None):
     p.add_argument(
         "--opts", nargs="*", default=[], help="KEY VALUE config overrides for every stage"
     )
+    p.add_argument(
+        "--kd-opts",
+        nargs="*",
+        default=[],
+        help="KEY VALUE overrides for the distilled stage only (e.g. SEED 43: the teacher and the "
+        "plain student stay cached)",
+    )
+    p.add_argument(
+        "--teacher-precisions",
+        nargs="*",
+        default=[],
+        help="train the distilled stage once per MODEL.KD.TEACHER.PRECISION given (e.g. fp32 "
+        "bf16), each in distilled_<precision>/, with the same seed, and report each "
+        "(default: once, with the config's)",
+    )
     args = p.parse_args(argv)
     args.method = resolve_config_path(args.method)
     if args.teacher == "method":
@@ -343,11 +359,18 @@ def main(argv=None) -> List[Dict]:
     plain, kd = student_cfgs(args, data, teacher["weights"])
     student = run_cached_stage(plain, args.retrain, "student")
     s_metrics = student["metrics"]
-    logger.info(
-        f"Stage 4/5: training the distilled student ({kd.SOLVER.MAX_ITER} iterations) -> "
-        f"{os.path.join(kd.OUTPUT_DIR, 'model_final.pth')}"
-    )
-    d_metrics, d_secs = train_and_evaluate(kd)
+    distilled = []
+    for precision in args.teacher_precisions or [None]:
+        cfg = kd.clone()
+        if precision is not None:
+            cfg.MODEL.KD.TEACHER.PRECISION = precision
+            cfg.OUTPUT_DIR = os.path.join(args.output, f"distilled_{precision}")
+        logger.info(
+            f"Stage 4/5: training the distilled student ({kd.SOLVER.MAX_ITER} iterations, "
+            f"teacher precision {cfg.MODEL.KD.TEACHER.PRECISION}) -> "
+            f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}"
+        )
+        distilled.append((precision, cfg, *train_and_evaluate(cfg)))
     logger.info("Stage 5/5: results")
     rows = [
         {"model": "teacher (cached)" if teacher["cached"] else "teacher",
@@ -357,13 +380,20 @@ def main(argv=None) -> List[Dict]:
          **_files(plain, args.method), "iters": plain.SOLVER.MAX_ITER,
          "seconds": student["seconds"],
          **s_metrics},
-        {"model": "distilled student", **_files(kd, args.method),
-         "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics},
-        {"model": "gain (distilled-student)", **{m: d_metrics[m] - s_metrics[m] for m in METRICS}},
     ]  # fmt: skip
+    for precision, cfg, d_metrics, d_secs in distilled:
+        suffix = "" if precision is None else f" ({precision})"
+        rows.append({"model": f"distilled student{suffix}", **_files(cfg, args.method),
+                     "teacher_precision": precision or kd.MODEL.KD.TEACHER.PRECISION,
+                     "iters": kd.SOLVER.MAX_ITER, "seconds": d_secs, **d_metrics})  # fmt: skip
+    for precision, _, d_metrics, _ in distilled:
+        suffix = "" if precision is None else f" {precision}"
+        rows.append({"model": f"gain (distilled{suffix}-student)",
+                     **{m: d_metrics[m] - s_metrics[m] for m in METRICS}})  # fmt: skip
     meta = {
         "method": _rel(args.method),
         "device": kd.MODEL.DEVICE,
+        "seed": kd.SEED,
         "total_seconds": time.perf_counter() - start,
         "datasets": {"train": data["train"], "val": data["val"], "root": args.data_root},
     }

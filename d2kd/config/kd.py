@@ -40,6 +40,16 @@ def add_kd_config(cfg: CN) -> None:
     # "auto" picks "distill" when the teacher has forward_distill, else "dense" for dense
     # detectors, else "backbone".
     _C.MODEL.KD.TEACHER.RUN = "auto"
+    # Precision of the teacher's forward: "fp32" | "bf16" | "fp16" (CUDA only). The forward runs
+    # under autocast at that precision ("fp32": autocast off, whatever SOLVER.AMP.ENABLED says);
+    # everything the distillation losses read from the teacher is cast back to fp32.
+    _C.MODEL.KD.TEACHER.PRECISION = "fp32"
+    # Fold the teacher's eval-mode batch norms (FrozenBN, BN, SyncBN) into the convolutions
+    # before them, once at build time, on the in-memory copy (exact up to fp32 rounding;
+    # GroupNorm is left alone; norms next to a distillation tap are kept).
+    _C.MODEL.KD.TEACHER.FOLD_NORMS = True
+    # Put the teacher's weights in channels-last memory format.
+    _C.MODEL.KD.TEACHER.CHANNELS_LAST = False
     # Evaluate the teacher on DATASETS.TEST before training and log its metrics (teacher/...).
     _C.MODEL.KD.TEACHER.EVAL_AT_START = False
     # Names of distillation losses in DISTILL_LOSS_REGISTRY, and their weights (same length).

@@ -2,7 +2,8 @@
 :class:`DistillDetector`: a frozen teacher and a trainable student in one meta-architecture.
 
 Training step, in order (one private method each):
-  1. run the teacher (no_grad, eval) on the batch, in its own input format, recording its taps;
+  1. run the teacher (no_grad, eval) on the batch, in its own input format, recording its taps, at
+     ``MODEL.KD.TEACHER.PRECISION`` (its taps and output cast back to fp32; see teacher_speed.py);
   2. run the student's ordinary training forward, recording its taps -> detection losses;
   3. gather both into a :class:`DistillRecord` (checking both saw the same padded tensor);
   4. compute every distillation loss on the record, in fp32, times its weight and the warm-up;
@@ -28,6 +29,7 @@ from .losses import build_distill_losses
 from .record import DistillRecord
 from .recorder import TapRecorder
 from .teacher import build_teacher, flip_channels_if_needed, run_teacher, teacher_run_mode
+from .teacher_speed import check_precision, prepare_teacher, teacher_autocast, to_fp32
 
 __all__ = ["DistillDetector", "build_student"]
 
@@ -77,6 +79,11 @@ def _size_divisibility(model: nn.Module):
     )
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
 def _current_iter() -> Optional[int]:
     try:
         return get_event_storage().iter
@@ -110,6 +117,9 @@ class DistillDetector(nn.Module):
         warmup_iters: int = 0,
         stop_iter: int = -1,
         warn_ratio: float = 10.0,
+        teacher_precision: str = "fp32",
+        teacher_fold_norms: bool = False,
+        teacher_channels_last: bool = False,
     ):
         """
         Args:
@@ -122,6 +132,8 @@ class DistillDetector(nn.Module):
             warmup_iters: linear warm-up of the distillation weights.
             stop_iter: iteration from which distillation is off (-1: never).
             warn_ratio: warn once when distillation losses exceed this multiple of the task losses.
+            teacher_precision / teacher_fold_norms / teacher_channels_last: see
+                ``MODEL.KD.TEACHER.PRECISION`` / ``FOLD_NORMS`` / ``CHANNELS_LAST``.
         """
         super().__init__()
         self.student = student
@@ -138,6 +150,9 @@ class DistillDetector(nn.Module):
         if hasattr(student, "backbone"):
             s_taps.append("backbone:input")  # to check both models saw the same tensor
         t_taps = [t for loss in losses.values() for t in loss.teacher_taps]
+        check_precision(teacher_precision, _model_device(teacher))  # fail at build, not at step 1
+        self.teacher_precision = teacher_precision
+        self._teacher_speedups = (teacher_fold_norms, teacher_channels_last, t_taps)
         self.student_recorder = TapRecorder(student, s_taps)
         self.teacher_recorder = TapRecorder(teacher, t_taps)
         self._warned_ratio = False
@@ -166,6 +181,9 @@ class DistillDetector(nn.Module):
             "warmup_iters": kd.WARMUP_ITERS,
             "stop_iter": kd.STOP_ITER,
             "warn_ratio": kd.WARN_RATIO,
+            "teacher_precision": kd.TEACHER.PRECISION,
+            "teacher_fold_norms": kd.TEACHER.FOLD_NORMS,
+            "teacher_channels_last": kd.TEACHER.CHANNELS_LAST,
         }
 
     # ----------------------------------------------------------------------------- checks
@@ -211,9 +229,9 @@ class DistillDetector(nn.Module):
         factor = self._kd_factor()
         if factor == 0.0:
             return self._student_only(batched_inputs)
-        t_images, t_out = self._run_teacher(batched_inputs)
+        t_images, t_out, t_taps = self._run_teacher(batched_inputs)
         s_losses = self._run_student(batched_inputs)
-        record = self._make_record(batched_inputs, t_images, t_out, s_losses)
+        record = self._make_record(batched_inputs, t_images, t_out, t_taps, s_losses)
         kd_losses = self._compute_kd(record, factor)
         self._log(s_losses, kd_losses, factor)
         return {**s_losses, **kd_losses}
@@ -237,16 +255,23 @@ class DistillDetector(nn.Module):
         return losses
 
     def _run_teacher(self, batched_inputs):
+        """The teacher's (padded images, output, taps) at ``teacher_precision``; output and taps
+        cast to fp32."""
         self.teacher.eval()
+        if self._teacher_speedups is not None:  # once, after any weight loading into the teacher
+            fold, channels_last, taps = self._teacher_speedups
+            prepare_teacher(self.teacher, self.teacher_precision, fold, channels_last, taps)
+            self._teacher_speedups = None
         inputs = flip_channels_if_needed(batched_inputs, self.student_format, self.teacher_format)
-        with self.teacher_recorder:
-            return run_teacher(self.teacher, self.teacher_run, inputs)
+        with self.teacher_recorder, teacher_autocast(self.teacher_precision, self.device.type):
+            images, out = run_teacher(self.teacher, self.teacher_run, inputs)
+        return images, to_fp32(out), to_fp32(self.teacher_recorder.snapshot())
 
     def _run_student(self, batched_inputs) -> Dict[str, torch.Tensor]:
         with self.student_recorder:
             return self.student(batched_inputs)
 
-    def _make_record(self, batched_inputs, t_images, t_out, s_losses) -> DistillRecord:
+    def _make_record(self, batched_inputs, t_images, t_out, t_taps, s_losses) -> DistillRecord:
         student = self.student_recorder.snapshot()
         if "backbone:input" in student:
             s_shape = tuple(student["backbone:input"][0].shape[-2:])
@@ -262,7 +287,7 @@ class DistillDetector(nn.Module):
             image_sizes=list(t_images.image_sizes),
             padded_size=tuple(t_images.tensor.shape[-2:]),
             student=student,
-            teacher=self.teacher_recorder.snapshot(),
+            teacher=t_taps,
             teacher_output=t_out,
             student_losses=s_losses,
             student_versions=self.student_recorder.versions_snapshot(),

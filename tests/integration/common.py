@@ -169,7 +169,8 @@ def same_weights_model(config, student_config):
     """Teacher = student architecture with the student's weights; FrozenBN so train == eval."""
     frozen = ["MODEL.RESNETS.NORM", "FrozenBN"]
     teacher_cfg = ["MODEL.KD.TEACHER.CONFIG_FILE", f"{REPO}/configs/shapes/{student_config}"]
-    cfg, model = small_kd_model(config, [*frozen, *teacher_cfg], frozen)
+    fp32 = ["MODEL.KD.TEACHER.PRECISION", "fp32", "MODEL.KD.TEACHER.FOLD_NORMS", False]
+    cfg, model = small_kd_model(config, [*frozen, *teacher_cfg, *fp32], frozen)
     model.teacher.load_state_dict(model.student.state_dict())
     return cfg, model
 

@@ -80,7 +80,11 @@ def test_kd_is_exactly_zero_when_the_teacher_is_the_student(arch, data):
         if arch == "RetinaNet"
         else "configs/shapes/fcos_R18.yaml"
     )
-    cfg, model = _model(arch, ["MODEL.KD.TEACHER.CONFIG_FILE", student_cfg, *FROZEN], FROZEN)
+    # Exact parity: an unfolded fp32 teacher (folding changes the teacher's rounding).
+    unfolded = ["MODEL.KD.TEACHER.PRECISION", "fp32", "MODEL.KD.TEACHER.FOLD_NORMS", False]
+    cfg, model = _model(
+        arch, ["MODEL.KD.TEACHER.CONFIG_FILE", student_cfg, *FROZEN, *unfolded], FROZEN
+    )
     batch = make_batch(cfg, data[:2])
     before = _step(model, batch)
     assert before["loss_kd_bckd_cls"] > 0  # independent random initialisations differ

@@ -99,6 +99,26 @@ def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatc
     args = demo.parse_args(_argv(tmp_path) + ["--student-iters", "2"])
     assert demo.student_cfgs(args, data, cached["weights"])[0].OUTPUT_DIR != str(student_dir)
 
+    # --kd-opts changes the distilled stage only (the plain student stays cached); with
+    # --teacher-precisions the distilled stage runs once per precision, one row each.
+    args = demo.parse_args(_argv(tmp_path) + ["--kd-opts", "SEED", "7"])
+    plain, kd = demo.student_cfgs(args, data, cached["weights"])
+    assert plain.OUTPUT_DIR == str(student_dir) and kd.SEED == 7 and plain.SEED != 7
+    monkeypatch.undo()  # training allowed again (only the distilled stages train)
+    rows = demo.main(_argv(tmp_path) + ["--teacher-precisions", "fp32", "bf16"])
+    assert [r["model"] for r in rows] == [
+        "teacher (cached)", "plain student (cached)",
+        "distilled student (fp32)", "distilled student (bf16)",
+        "gain (distilled fp32-student)", "gain (distilled bf16-student)",
+    ]  # fmt: skip
+    assert [r.get("teacher_precision") for r in rows[2:4]] == ["fp32", "bf16"]
+    assert [r["config"] for r in rows[2:4]] == [  # each distilled stage records its own config
+        str(out / f"distilled_{p}" / "config.yaml") for p in ("fp32", "bf16")  # outside the repo
+    ]
+    for precision in ("fp32", "bf16"):
+        with open(out / f"distilled_{precision}" / "config.yaml") as f:
+            assert f"PRECISION: {precision}" in f.read()
+
 
 def test_schedule_is_scaled_and_valid_for_detectron2():
     demo = _demo()

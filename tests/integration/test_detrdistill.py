@@ -127,7 +127,8 @@ def test_teacher_equal_to_student_agrees(data):
     vanish, and the teacher-query group is the student's own GT loss (same queries, same
     assignment)."""
     same = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DEFORMABLE_DETR.DEC_LAYERS", 2]
-    cfg, model = _model(same, teacher_opts=same)
+    fp32 = ["MODEL.KD.TEACHER.PRECISION", "fp32", "MODEL.KD.TEACHER.FOLD_NORMS", False]
+    cfg, model = _model(same + fp32, teacher_opts=same)
     model.student.load_state_dict(model.teacher.state_dict())
     losses = _step(cfg, model, data)
     assert losses[P + "logits_l1"].item() == pytest.approx(0.0, abs=1e-5)

@@ -208,6 +208,8 @@ def data(tmp_path_factory):
 def test_gfl_train_step_and_zero_kd_with_the_students_weights(config, data):
     t_opts = ["MODEL.DEVICE", "cpu", *SMALL, *FROZEN]
     opts = ["MODEL.KD.TEACHER.CONFIG_FILE", "configs/shapes/gfl_R18.yaml", *FROZEN]
+    # Exact parity: an unfolded fp32 teacher (folding changes the teacher's rounding).
+    opts += ["MODEL.KD.TEACHER.PRECISION", "fp32", "MODEL.KD.TEACHER.FOLD_NORMS", False]
     cfg = tiny_cfg(f"shapes/kd/{config}", ["MODEL.KD.TEACHER.OPTS", t_opts, *opts])
     model = build_model(cfg)
     batch = make_batch(cfg, data[:2])
