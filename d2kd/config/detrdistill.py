@@ -43,9 +43,15 @@ def add_detrdistill_config(cfg: CN) -> None:
     # Zero the mask on padded pixels (the official code does not).
     _C.MODEL.KD.DETRDISTILL.FEAT.MASK_PADDING = False
     # Query-prior assignment distillation (DETRQueryPriorLoss): the teacher's queries through the
-    # student's decoder (DeformableDETR.forward_query_group), trained with the teacher's own
-    # Hungarian assignment (the student's GT loss weights).
+    # student's decoder (DeformableDETR.forward_query_group), an extra training-only group trained
+    # with the student's GT losses and weights.
     _C.MODEL.KD.DETRDISTILL.QUERY_PRIOR = CN()
+    # Which GT box each query of the group is trained towards, per student stage:
+    # "rematch": a fresh Hungarian matching of the group's own predictions to the GT, as the
+    #   released code does (the behaviour behind the published numbers);
+    # "teacher": the teacher's own Hungarian assignment of its mapped stage, as the paper
+    #   describes it (the released code computes it but never uses it).
+    _C.MODEL.KD.DETRDISTILL.QUERY_PRIOR.ASSIGNMENT = "rematch"
     # Rerun the student's encoder for this group, as the official code (default: reuse the
     # memory of the student's own forward and rerun only the decoder).
     _C.MODEL.KD.DETRDISTILL.QUERY_PRIOR.RERUN_ENCODER = False

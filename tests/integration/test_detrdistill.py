@@ -143,6 +143,49 @@ def test_teacher_equal_to_student_agrees(data):
         assert losses[P + kd].item() == pytest.approx(own.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["rematch", "teacher"])
+def test_query_group_is_trained_with_the_selected_assignment(data, monkeypatch, mode):
+    """Default "rematch" (the released code): the group's losses use the student's Hungarian
+    matching of the group's own predictions; "teacher" (the paper's text): the teacher's
+    matching of its mapped stage. On this batch the two assignments differ."""
+    opts = [*_losses(QUERY_LOSS)] + (
+        [D + "QUERY_PRIOR.ASSIGNMENT", mode] if mode != "rematch" else []
+    )
+    cfg, model = _model(opts)
+    student, teacher, loss = model.student, model.teacher, model.losses[QUERY_LOSS]
+    seen = {}
+    real_group, real_losses = student.forward_query_group, student.set_losses
+    real_teacher = teacher.forward_distill
+
+    def group(*args, **kwargs):
+        seen["group"] = real_group(*args, **kwargs)
+        return seen["group"]
+
+    def set_losses(logits, boxes, targets, indices, num_boxes=None):
+        seen.setdefault("indices", []).append(indices)
+        seen["targets"] = targets
+        return real_losses(logits, boxes, targets, indices, num_boxes)
+
+    def distill(batch):
+        seen["teacher"] = real_teacher(batch)
+        return seen["teacher"]
+
+    monkeypatch.setattr(student, "forward_query_group", group)
+    monkeypatch.setattr(student, "set_losses", set_losses)
+    monkeypatch.setattr(teacher, "forward_distill", distill)
+    _step(cfg, model, data)
+    logits, boxes, _ = seen["group"]
+    t_out, targets = seen["teacher"][1], seen["targets"]
+    as_lists = lambda a: [(q.tolist(), g.tolist()) for q, g in a]  # noqa: E731
+    rematch = [as_lists(student.match(logits[j], boxes[j], targets)) for j in range(2)]
+    by_teacher = [as_lists(teacher.match(t_out.pred_logits[k], t_out.pred_boxes[k], targets))
+                  for k in loss.stage_map]  # fmt: skip
+    assert rematch != by_teacher  # the toy distinguishes the two
+    used = [as_lists(a) for a in seen["indices"]]
+    assert used == (rematch if mode == "rematch" else by_teacher)
+    assert loss.assignment == mode
+
+
 def test_rerun_encoder_and_memory_source_run(data):
     cfg, model = _model([D + "QUERY_PRIOR.RERUN_ENCODER", True, D + "FEAT.SOURCE", "memory",
                          D + "FEAT.MASK_PADDING", True, D + "STAGE_MAP", "last"])  # fmt: skip
@@ -172,6 +215,8 @@ def test_build_time_errors(tmp_path):
         _model([D + "STAGE_MAP", "first"])
     with pytest.raises(KeyError, match="DETRDistillLoss"):  # the former single loss is gone
         _model(_losses("DETRDistillLoss"))
+    with pytest.raises(ValueError, match="QUERY_PRIOR.ASSIGNMENT"):
+        _model([D + "QUERY_PRIOR.ASSIGNMENT", "paper"])
     with pytest.raises(ValueError, match="FEAT.SOURCE"):
         _model([D + "FEAT.SOURCE", "backbone"])
     with pytest.raises(ValueError, match="NUM_CLASSES"):

@@ -107,14 +107,29 @@ def test_more_student_than_teacher_queries_leaves_background():
     indices = match_to_teacher(s_logits, s_boxes, t_logits, t_boxes, [(32, 32)])
     assert indices[0][0].tolist() == [1] and indices[0][1].tolist() == [0]
     cls, l1, giou = logits_distill_losses(s_logits, s_boxes, t_logits, t_boxes, [(32, 32)], indices)
-    # At logit 0 the BCE is log 2 whatever the target: 3 queries x 1 class, over 3 queries.
-    assert cls.item() == pytest.approx(math.log(2), rel=1e-5)
+    # At logit 0 the BCE is log 2 whatever the target: 3 queries x 1 class, summed, over the
+    # M = 1 matched pair (spec A4; not over the 3 student queries).
+    assert cls.item() == pytest.approx(3 * math.log(2), rel=1e-5)
     assert l1.item() == pytest.approx(0.0, abs=1e-6) and giou.item() == pytest.approx(0.0, abs=1e-5)
     s_logits = torch.tensor([[[3.0], [0.0], [3.0]]])  # unmatched queries 0 and 2 target p = 0
     cls, _, _ = logits_distill_losses(s_logits, s_boxes, t_logits, t_boxes, [(32, 32)], indices)
     p1 = torch.sigmoid(torch.tensor(10.0)).item()
-    expected = (2 * F.softplus(torch.tensor(3.0)).item() + math.log(2)) / 3
+    expected = 2 * F.softplus(torch.tensor(3.0)).item() + math.log(2)  # / M = 1
     assert p1 > 0.99 and cls.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_term_is_normalised_by_matched_pairs_across_the_batch():
+    """2 images, 5 student vs 2 teacher queries: the class term sums the BCE of all 10 student
+    queries and divides by the M = 4 matched pairs (not by B * Ns = 10)."""
+    b, ns, nt, c = 2, 5, 2, 3
+    s_logits = torch.zeros(b, ns, c)  # BCE = log 2 per (query, class) whatever the target
+    s_boxes = torch.stack([_boxes(ns, 5), _boxes(ns, 6)])
+    t_logits, t_boxes = torch.randn(b, nt, c), torch.stack([_boxes(nt, 7), _boxes(nt, 8)])
+    sizes = [(40, 40), (40, 60)]
+    indices = match_to_teacher(s_logits, s_boxes, t_logits, t_boxes, sizes)
+    assert sum(len(si) for si, _ in indices) == 4
+    cls, _, _ = logits_distill_losses(s_logits, s_boxes, t_logits, t_boxes, sizes, indices)
+    assert cls.item() == pytest.approx(b * ns * c * math.log(2) / 4, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------- feature

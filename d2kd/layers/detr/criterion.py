@@ -82,8 +82,8 @@ class SetCriterion(nn.Module):
         num_boxes: Optional[float] = None,
     ) -> Dict[str, Tensor]:
         """
-        Weighted losses of one stage for a given assignment (also used with the teacher's
-        assignment by the query-prior distillation).
+        Weighted losses of one stage for a given assignment (also used by DETRDistill's
+        query-prior group, with the assignment its ``ASSIGNMENT`` setting selects).
 
         Args:
             logits: (B, N, C); boxes: (B, N, 4); indices: B pairs (query_idx, target_idx).

@@ -126,16 +126,18 @@ def logits_distill_losses(
     indices: List[Indices],
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """
-    Unweighted terms for a given matching:
-    ``cls = (1/(B*Ns)) sum_j sum_c BCE(z_jc, p_sigma(j)c)`` (unmatched student queries get the
-    all-zero target), ``l1 = (1/M) sum ||b_j - b_sigma(j)||_1`` and
-    ``giou = (1/M) sum (1 - GIoU)`` (pixel xyxy) over the M matched pairs (all-reduced mean).
-    Teacher boxes are clipped to the image first, as in the official code.
+    Unweighted terms for a given matching with M matched pairs in the batch:
+    ``cls = (1/M) sum_j sum_c BCE(z_jc, p_sigma(j)c)`` over all B*Ns student queries (unmatched
+    ones, when Ns > Nt, get the all-zero target and still count in the sum, not in M),
+    ``l1 = (1/M') sum ||b_j - b_sigma(j)||_1`` and ``giou = (1/M') sum (1 - GIoU)`` (pixel xyxy)
+    over the matched pairs, M' = M averaged across processes (spec A4: the official code
+    divides the class term by this process's M, the box terms by the all-reduced one; with
+    Ns <= Nt every student query is matched and M = B*Ns). Teacher boxes are clipped to the
+    image first, as in the official code.
 
     Returns:
         (cls, l1, giou) scalars.
     """
-    b, ns, _ = s_logits.shape
     target = torch.zeros_like(s_logits)
     t_probs = t_logits.sigmoid()
     s_sel, t_sel, scale = [], [], []
@@ -145,8 +147,8 @@ def logits_distill_losses(
         t_sel.append(clamp_boxes_to_image(t_boxes[i, ti]))
         h, w = image_sizes[i]
         scale.append(s_boxes.new_tensor([w, h, w, h]).expand(len(si), 4))
-    cls = F.binary_cross_entropy_with_logits(s_logits, target, reduction="sum") / max(b * ns, 1)
     src, tgt, scale = torch.cat(s_sel), torch.cat(t_sel).to(s_boxes), torch.cat(scale)
+    cls = F.binary_cross_entropy_with_logits(s_logits, target, reduction="sum") / max(len(src), 1)
     num = average_num_boxes(len(src), s_logits.device)
     l1 = F.l1_loss(src, tgt, reduction="sum") / num
     giou = aligned_giou(

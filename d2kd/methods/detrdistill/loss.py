@@ -10,8 +10,10 @@ registered losses composed through ``MODEL.KD.LOSSES`` and weighted by ``MODEL.K
 * :class:`DETRFeatureDistillLoss`: target-aware feature distillation, one mask per teacher stage
   (term ``feat``);
 * :class:`DETRQueryPriorLoss`: the teacher's queries through the student's decoder (the
-  student's entry point ``forward_query_group``), trained with the teacher's own assignment
-  (terms ``query_cls``, ``query_l1``, ``query_giou``);
+  student's entry point ``forward_query_group``), trained against the GT re-matched to the
+  group's own predictions (the released code; ``QUERY_PRIOR.ASSIGNMENT: "teacher"``: the
+  teacher's own assignment, the paper's description) (terms ``query_cls``, ``query_l1``,
+  ``query_giou``);
 * :class:`DETRQueryContrastLoss`: the official code's undocumented InfoNCE on matched query states
   (term ``contrast``; not in the paper setting).
 
@@ -37,6 +39,7 @@ from d2kd.methods.detrdistill.feature_distill import (
 )
 from d2kd.methods.detrdistill.logits_distill import logits_distill_losses, match_to_teacher
 from d2kd.methods.detrdistill.query_contrast import QueryContrastHead
+from d2kd.methods.detrdistill.query_prior import ASSIGNMENTS, query_group_assignments
 from d2kd.methods.detrdistill.stage_map import STAGE_MAPS, stage_mapping
 from d2kd.modeling.adapters import build_adapter
 from d2kd.modeling.checks import check_same_num_classes
@@ -254,7 +257,9 @@ class DETRQueryPriorLoss(_DETRDistillTerm):
     Query-prior assignment distillation (spec A6): the teacher's learnable queries decoded by the
     student (:meth:`DeformableDETR.forward_query_group`, an extra training-only group over the
     student's encoder state) and trained with the student's set losses against the assignment
-    :meth:`_assignments` gives; terms ``query_{cls,l1,giou}``, summed over student stages.
+    ``assignment`` selects (:func:`~d2kd.methods.detrdistill.query_prior.query_group_assignments`:
+    "rematch", the released code, or "teacher", the paper's description); terms
+    ``query_{cls,l1,giou}``, summed over student stages.
 
     The student and the teacher are held as plain references (never sub-modules: registering
     them would put the student's parameters twice in the optimizer and the checkpoint, and the
@@ -269,26 +274,36 @@ class DETRQueryPriorLoss(_DETRDistillTerm):
         teacher: nn.Module,
         stage_map: Sequence[int],
         rerun_encoder: bool = False,
+        assignment: str = "rematch",
     ):
         """
         Args:
             student / teacher: DETR-type detectors (see :data:`_QUERY_GROUP_METHODS`).
-            stage_map: 0-based teacher stage of each student stage.
+            stage_map: 0-based teacher stage of each student stage (used by "teacher").
             rerun_encoder: rerun the student's encoder for the group (official code).
+            assignment: "rematch" (the group's own Hungarian matching to the GT, as the
+                released code) or "teacher" (the teacher's assignment, the paper's text).
         """
         super().__init__(stage_map)
+        if assignment not in ASSIGNMENTS:
+            raise ValueError(
+                f'{_KEY}QUERY_PRIOR.ASSIGNMENT "{assignment}" is not one of {ASSIGNMENTS}'
+            )
         hold_unregistered(self, "student", student)
         hold_unregistered(self, "teacher", teacher)
         self.rerun_encoder = rerun_encoder
+        self.assignment = assignment
 
     @classmethod
     def from_config(cls, cfg, student: nn.Module, teacher: nn.Module) -> Dict[str, Any]:
         _check_pair(cfg, student, teacher, cls.__name__)
         key = "MODEL.KD.STUDENT_META_ARCHITECTURE"
         check_detr_like(student, "student", key, cls.__name__, _QUERY_GROUP_METHODS)
-        check_detr_like(
-            teacher, "teacher", "MODEL.KD.TEACHER.CONFIG_FILE", cls.__name__, ("match",)
-        )
+        c = cfg.MODEL.KD.DETRDISTILL.QUERY_PRIOR
+        if c.ASSIGNMENT == "teacher":
+            check_detr_like(
+                teacher, "teacher", "MODEL.KD.TEACHER.CONFIG_FILE", cls.__name__, ("match",)
+            )
         if student.hidden_dim != teacher.hidden_dim:
             raise ValueError(
                 f"{cls.__name__} runs the teacher's queries through the student's decoder, so both "
@@ -299,7 +314,8 @@ class DETRQueryPriorLoss(_DETRDistillTerm):
             "student": student,
             "teacher": teacher,
             "stage_map": _stage_map(cfg, student, teacher),
-            "rerun_encoder": cfg.MODEL.KD.DETRDISTILL.QUERY_PRIOR.RERUN_ENCODER,
+            "rerun_encoder": c.RERUN_ENCODER,
+            "assignment": c.ASSIGNMENT,
         }
 
     def forward(self, record: DistillRecord) -> Dict[str, Tensor]:
@@ -314,7 +330,10 @@ class DETRQueryPriorLoss(_DETRDistillTerm):
         )
         targets = self.student.prepare_targets(record.gt_instances)
         num_boxes = average_num_boxes(sum(len(x["labels"]) for x in targets), logits.device)
-        assignments = self._assignments(t, targets)
+        assignments = query_group_assignments(
+            self.assignment, logits, boxes, t.pred_logits, t.pred_boxes, targets,
+            self.stage_map, self.student.match, getattr(self.teacher, "match", None),
+        )  # fmt: skip
         totals: Dict[str, Tensor] = {}
         for j in range(len(self.stage_map)):
             terms = self.student.set_losses(
@@ -324,19 +343,6 @@ class DETRQueryPriorLoss(_DETRDistillTerm):
                 totals[name] = totals.get(name, 0.0) + value
         names = {"loss_ce": "query_cls", "loss_bbox": "query_l1", "loss_giou": "query_giou"}
         return {_PREFIX + names[n]: v for n, v in totals.items()}
-
-    def _assignments(self, t: DETROutputs, targets: List[Dict[str, Tensor]]) -> List[list]:
-        """
-        Per student stage j, the assignment its query-group predictions are trained with: the
-        teacher's own Hungarian matching of its stage map[j] predictions to the GT (the paper's
-        description; each teacher stage matched once). Another assignment mode (e.g. re-matching
-        the group's own predictions with ``student.match``) would be a branch here.
-        """
-        by_stage: Dict[int, list] = {}
-        for k in self.stage_map:
-            if k not in by_stage:
-                by_stage[k] = self.teacher.match(t.pred_logits[k], t.pred_boxes[k], targets)
-        return [by_stage[k] for k in self.stage_map]
 
 
 @DISTILL_LOSS_REGISTRY.register()
