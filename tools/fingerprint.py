@@ -20,8 +20,7 @@ For every config under ``configs/shapes/`` and ``configs/shapes/kd/`` (plus the 
   (for distillation configs also ``grad_student`` and, without names, ``grad_losses_unnamed``).
 
 ``--compare OLD.json`` prints every config and value that differs and exits 1 if any does.
-Runs in about two minutes on 2 CPU cores; launch it through ``/work/locks/train.sh`` where the
-machine is shared.
+Runs in about two minutes on 2 CPU cores (``OMP_NUM_THREADS=1`` where the machine is shared).
 """
 
 import argparse
