@@ -105,7 +105,7 @@ def _prior_weights(s: DenseOutputs, image_sizes: Sequence, ignore_padding: bool,
     if not ignore_padding:
         return torch.ones(n, s.logits.shape[1], device=device)
     masks = [
-        valid_prior_mask(s.level_shapes, s.strides, s.num_anchors, tuple(size), device)
+        valid_prior_mask(s.level_shapes, s.strides, s.num_anchors, tuple(size), device=device)
         for size in image_sizes
     ]
     return torch.stack(masks).float()
