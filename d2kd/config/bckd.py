@@ -20,5 +20,6 @@ def add_bckd_config(cfg: CN) -> None:
     # Emulate the official per-level gate: a level contributes only if the per-GPU batch has a
     # positive on it (off by default: every level always contributes).
     _C.MODEL.KD.BCKD.LEVEL_GATE = False
-    # Give priors on batch padding (outside an image's own pixels) weight 0, as mmdet's valid flags.
+    # Give priors on batch padding weight 0, as mmdet's valid flags: valid = on the image's own
+    # extent rounded up to the backbone's size divisibility (mmdet's pad_shape).
     _C.MODEL.KD.BCKD.IGNORE_PADDING = True

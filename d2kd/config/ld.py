@@ -37,5 +37,6 @@ def add_ld_config(cfg: CN) -> None:
     # magnitude at the reference 2 images per GPU for any batch size. 0: raw per-GPU sums
     # (official).
     _C.MODEL.KD.LD.DOSE_REFERENCE_IMAGES = 2
-    # Give priors on batch padding weight 0 (official valid flags).
+    # Give priors on batch padding weight 0 (official valid flags: on the image's own extent
+    # rounded up to the backbone's size divisibility, mmdet's pad_shape).
     _C.MODEL.KD.LD.IGNORE_PADDING = True

@@ -49,5 +49,12 @@ def add_pgd_config(cfg: CN) -> None:
     _C.MODEL.KD.PGD.EMULATE_AXIS_SWAP = False
     # C: each image's classification masks summed over all images of the batch.
     _C.MODEL.KD.PGD.EMULATE_BATCH_MASK_MIXING = False
+    # D: GFL teacher boxes decoded with a per-image stride: image k's distances times the stride
+    # of level k, on every level (GFL teachers only; at most one image per level and GPU).
+    _C.MODEL.KD.PGD.EMULATE_GFL_STRIDE_BUG = False
     # I: U(-0.05, 0.05) px jitter in the Gaussian fit and no epsilon (COV_EPS ignored).
     _C.MODEL.KD.PGD.EMULATE_COV_NOISE = False
+    # FCOS teachers only: score the whole padded batch and count its padding as background, as
+    # the reference FCOS code (d2kd, like the reference anchor heads: an image's own extent
+    # rounded up to the size divisibility only; background 0 on the rest of the batch padding).
+    _C.MODEL.KD.PGD.EMULATE_FCOS_PADDING = False

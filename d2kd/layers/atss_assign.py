@@ -14,9 +14,14 @@ The rules are those of mmdet's ``ATSSAssigner`` (the reference code of BCKD, LD 
 4. an anchor positive for several GTs goes to the GT with which its IoU is largest (first GT
    on exact ties).
 
+mmdet runs the assigner on an image's valid anchors only (those inside the image's own padded
+extent, ``valid_flags``): with ``valid`` given, anchors outside it are never candidates and do not
+count towards a level's size, so an object touching the batch padding of a smaller image draws its
+candidates from the image alone (:func:`d2kd.layers.prior_mask.valid_prior_mask` gives the mask).
+
 Everything is batched over GTs; the only Python loop is over the (few) levels.
 :func:`atss_iou_thresholds` gives the thresholds alone (LD's valuable localization region needs
-them), optionally over a subset of valid anchors.
+them), over the same valid anchors.
 """
 
 from typing import NamedTuple, Optional, Sequence
@@ -50,6 +55,22 @@ def _check_levels(num_anchors: int, num_anchors_per_level: Sequence[int]) -> Non
             f"num_anchors_per_level {list(num_anchors_per_level)} sums to "
             f"{sum(num_anchors_per_level)}, but {num_anchors} anchors were given"
         )
+
+
+def _check_valid(num_anchors: int, valid: Optional[Tensor]) -> None:
+    if valid is not None and tuple(valid.shape) != (num_anchors,):
+        raise ValueError(
+            f"valid must be a ({num_anchors},) bool mask, got shape {tuple(valid.shape)}"
+        )
+
+
+def _valid_level_sizes(
+    num_anchors_per_level: Sequence[int], valid: Optional[Tensor]
+) -> Sequence[int]:
+    """Valid anchors per level (all of them when ``valid`` is None)."""
+    if valid is None:
+        return num_anchors_per_level
+    return [int(v.sum()) for v in valid.split(list(num_anchors_per_level))]
 
 
 def _candidates(
@@ -109,6 +130,7 @@ def atss_assign(
     gt_boxes: Tensor,
     topk: int = 9,
     center_eps: float = 0.01,
+    valid: Optional[Tensor] = None,
 ) -> ATSSAssignment:
     """
     Assign each anchor of one image to a GT box or to the background.
@@ -119,24 +141,29 @@ def atss_assign(
         gt_boxes: (G, 4) ground-truth boxes (G may be 0).
         topk: candidates per level and GT.
         center_eps: margin of the centre-inside-GT test, in pixels.
+        valid: optional (R,) bool; invalid anchors (batch padding) are never candidates, hence
+            always background, and do not count towards a level's size. None: all valid.
     Returns:
         :class:`ATSSAssignment`.
     Raises:
-        ValueError: when the level sizes do not add up to R.
+        ValueError: when the level sizes do not add up to R, or ``valid`` is not (R,).
     """
     num_anchors = anchors.shape[0]
     _check_levels(num_anchors, num_anchors_per_level)
+    _check_valid(num_anchors, valid)
     anchors, gt_boxes = anchors.float(), gt_boxes.float()
     ious = pairwise_iou(anchors, gt_boxes)  # (R, G)
     num_gt = gt_boxes.shape[0]
     matched = torch.full((num_anchors,), -1, dtype=torch.long, device=anchors.device)
     if num_gt == 0:
-        num_candidates = sum(min(topk, n) for n in num_anchors_per_level)
+        num_candidates = sum(min(topk, n) for n in _valid_level_sizes(num_anchors_per_level, valid))
         empty = torch.zeros((num_candidates, 0), dtype=torch.long, device=anchors.device)
         return ATSSAssignment(matched, ious.new_zeros((0,)), empty, ious)
 
     anchor_centers = box_centers(anchors)  # (R, 2)
-    candidate_idxs = _candidates(anchor_centers, box_centers(gt_boxes), num_anchors_per_level, topk)
+    candidate_idxs = _candidates(
+        anchor_centers, box_centers(gt_boxes), num_anchors_per_level, topk, valid
+    )
     gt_idxs = torch.arange(num_gt, device=anchors.device).expand_as(candidate_idxs)  # (C, G)
     candidate_ious = ious[candidate_idxs, gt_idxs]  # (C, G)
     thresholds = _iou_thresholds(candidate_ious)
@@ -175,6 +202,7 @@ def atss_iou_thresholds(
         ValueError: when the level sizes do not add up to R.
     """
     _check_levels(anchors.shape[0], num_anchors_per_level)
+    _check_valid(anchors.shape[0], valid)
     if ious is None:
         ious = pairwise_iou(anchors, gt_boxes)
     candidate_idxs = _candidates(

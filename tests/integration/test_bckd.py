@@ -6,9 +6,11 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from d2kd.modeling.dense_outputs import decode_boxes  # noqa: E402
+from d2kd.modeling.losses.dense_pair import gather_dense_pair  # noqa: E402
 
 from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
 
@@ -153,3 +155,20 @@ def test_build_time_errors_name_the_key():
     with pytest.raises(ValueError, match='RUN must be "dense"'):
         _model("RetinaNet", ["MODEL.KD.TEACHER.RUN", "backbone"])
     assert "FCOS" in META_ARCH_REGISTRY
+
+
+def _image(h, w):
+    inst = Instances((h, w), gt_boxes=Boxes(torch.tensor([[20.0, 20, 90, 90]])))
+    inst.gt_classes = torch.tensor([1])
+    return {"image": torch.zeros(3, h, w, dtype=torch.uint8), "instances": inst}
+
+
+def test_priors_of_an_image_smaller_than_its_batch_cover_its_own_padded_extent():
+    # A 200 x 300 image batched with a 256 x 352 one: as the official valid flags (on the image's
+    # own size padded to 32, 224 x 320), it keeps 1,496 locations x 9 anchors, not the 1,293 of
+    # its unpadded size; the larger image keeps all of its priors.
+    _, model = _model("RetinaNet")
+    pair = gather_dense_pair(_record(model, [_image(200, 300), _image(256, 352)]), model.student,
+                             model.teacher)  # fmt: skip
+    assert int(pair.prior_weights[0].sum()) == 1496 * 9
+    assert bool((pair.prior_weights[1] == 1).all())

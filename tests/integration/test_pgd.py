@@ -129,6 +129,7 @@ def test_pgd_reference_flags_run(data):
         "MODEL.KD.PGD.EMULATE_AXIS_SWAP", True,
         "MODEL.KD.PGD.EMULATE_BATCH_MASK_MIXING", True,
         "MODEL.KD.PGD.EMULATE_COV_NOISE", True,
+        "MODEL.KD.PGD.EMULATE_FCOS_PADDING", True,
     ]  # fmt: skip
     cfg, model = small_kd_model("shapes/kd/pgd_fcos_R50_to_R18.yaml", flags)
     losses = kd_step(cfg, model, data)

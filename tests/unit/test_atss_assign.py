@@ -150,3 +150,38 @@ def test_batched_assignment_matches_a_per_gt_loop():
     expected = _reference_loop(anchors, sizes, gts, 3)
     assert (out.matched_gt_idx >= 0).sum() > 5  # the scene has positives
     assert torch.equal(out.matched_gt_idx, expected)
+
+
+def _touching_the_padding(valid):
+    # One level, anchors of side 8 (rows 1..9) centred at x = 0, 4, 8, 12, 16; the image is 12
+    # wide, so the last two anchors lie on the batch padding. GT [2, 0, 12, 10] touches the
+    # image's right edge. topk 3 by centre distance to x = 7: anchors 2, 1, 3 over the whole
+    # row, anchors 2, 1, 0 over the image's own anchors.
+    anchors = _t([[c - 4, 1, c + 4, 9] for c in (0, 4, 8, 12, 16)])
+    mask = torch.tensor([True, True, True, False, False]) if valid else None
+    return atss_assign(anchors, [5], _t([[2, 0, 12, 10]]), topk=3, valid=mask)
+
+
+def test_object_touching_the_padding_draws_candidates_from_the_image_only():
+    # IoUs with the GT (area 100, anchors 64): 16/148, 48/116, 64/100, 32/132 for anchors 0-3.
+    iou = [16 / 148, 48 / 116, 64 / 100, 32 / 132]
+    out = _touching_the_padding(valid=True)
+    assert sorted(out.candidate_idxs[:, 0].tolist()) == [0, 1, 2]
+    image_only = [iou[0], iou[1], iou[2]]
+    thr = statistics.mean(image_only) + statistics.stdev(image_only)  # 0.6542 > 0.64
+    assert out.iou_thresholds.tolist() == pytest.approx([thr], abs=1e-6)
+    assert out.matched_gt_idx.tolist() == [-1] * 5
+    # With the padding anchor 3 as a candidate the threshold drops to 0.6315 and anchor 2
+    # became positive: what d2kd did before it honoured the image's valid anchors.
+    old = _touching_the_padding(valid=False)
+    with_padding = [iou[2], iou[1], iou[3]]
+    assert old.iou_thresholds.tolist() == pytest.approx(
+        [statistics.mean(with_padding) + statistics.stdev(with_padding)], abs=1e-6
+    )
+    assert old.matched_gt_idx.tolist() == [-1, -1, 0, -1, -1]
+
+
+def test_valid_mask_shape_is_checked():
+    anchors, gt_a, _ = _two_gt_scene()
+    with pytest.raises(ValueError, match=r"valid must be a \(4,\) bool mask"):
+        atss_assign(anchors, [3, 1], gt_a, valid=torch.ones(3, dtype=torch.bool))

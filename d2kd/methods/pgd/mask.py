@@ -10,10 +10,13 @@ from typing import Dict, List, Sequence
 
 import torch
 from detectron2.config import configurable
+from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
-from d2kd.layers.box_ops import aligned_iou
+from d2kd.layers.box_ops import aligned_iou, box_centers
+from d2kd.layers.distribution_boxes import distances_to_boxes, distribution_integral
+from d2kd.layers.prior_mask import valid_prior_mask
 from d2kd.methods.pgd.pgw import (
     IOU_EPS,
     REFERENCE_JITTER,
@@ -26,6 +29,7 @@ from d2kd.methods.pgd.pgw import (
 from d2kd.modeling.dense_outputs import decode_boxes, dense_outputs, recorded_dense_outputs
 from d2kd.modeling.masks.ground_truth import pad_gt_instances
 from d2kd.modeling.masks.registry import MASK_GENERATOR_REGISTRY
+from d2kd.modeling.meta_arch.gfl import GFL
 from d2kd.modeling.record import DistillRecord
 from d2kd.utils.modules import hold_unregistered
 
@@ -44,6 +48,17 @@ class PGWMaskGenerator(nn.Module):
     for any dense detector that :func:`d2kd.modeling.dense_outputs.dense_outputs` understands
     (RetinaNet, FCOS, ATSS, ...): teacher boxes are decoded by the detector's own coder, in input
     pixels, and positions are the centres of its anchors (FCOS: its points).
+
+    Batch padding is not image (spec 2.3, 2.7): only the priors on an image's own extent, rounded
+    up to the backbone's size divisibility (mmdet's valid flags on ``pad_shape``), are scored or
+    counted as background; the background map is 0 on the rest of the batch padding. The
+    reference anchor heads do this; its FCOS code scores the whole padded batch and counts the
+    padding as background, which ``EMULATE_FCOS_PADDING`` reproduces. d2kd's FCOS default is
+    the anchor heads' rule: the background term is normalised per image by its number of
+    background locations, so with the padding counted an image's share of it depends on the
+    size of the other images in its batch (a 160 x 160 image without objects in a 256 x 352
+    batch: 1,008 of its 1,408 P3 background locations are padding), and FCOS would follow
+    another convention than the anchor heads it is compared with.
     """
 
     teacher_taps = ("head", "anchor_generator")
@@ -60,13 +75,16 @@ class PGWMaskGenerator(nn.Module):
         topk_before_inside: bool = False,
         axis_swap: bool = False,
         cov_noise: bool = False,
+        fcos_padding: bool = False,
+        gfl_stride_bug: bool = False,
     ):
         """
         Args:
             teacher: the dense teacher (read for its widths, strides and box coder only).
             topk, xi_cls, xi_reg, cov_eps: see ``MODEL.KD.PGD``.
-            topk_before_inside, axis_swap, cov_noise: the reference behaviours
-                ``EMULATE_TOPK_BEFORE_INSIDE``, ``EMULATE_AXIS_SWAP``, ``EMULATE_COV_NOISE``.
+            topk_before_inside, axis_swap, cov_noise, fcos_padding, gfl_stride_bug: the
+                reference behaviours ``EMULATE_TOPK_BEFORE_INSIDE``, ``EMULATE_AXIS_SWAP``,
+                ``EMULATE_COV_NOISE``, ``EMULATE_FCOS_PADDING``, ``EMULATE_GFL_STRIDE_BUG``.
         """
         super().__init__()
         if topk < 1:
@@ -76,6 +94,7 @@ class PGWMaskGenerator(nn.Module):
         self.cov_eps = 0.0 if cov_noise else cov_eps
         self.jitter = REFERENCE_JITTER if cov_noise else 0.0
         self.topk_before_inside, self.axis_swap = topk_before_inside, axis_swap
+        self.fcos_padding, self.gfl_stride_bug = fcos_padding, gfl_stride_bug
 
     @classmethod
     def from_config(cls, cfg, student: nn.Module, teacher: nn.Module):
@@ -87,6 +106,12 @@ class PGWMaskGenerator(nn.Module):
                     f"FCOS, ATSS, ...); {type(teacher).__name__} has no {attr}"
                 )
         c = cfg.MODEL.KD.PGD
+        for key, cls in (("EMULATE_FCOS_PADDING", FCOS), ("EMULATE_GFL_STRIDE_BUG", GFL)):
+            if c[key] and not isinstance(teacher, cls):
+                raise ValueError(
+                    f"MODEL.KD.PGD.{key} reproduces the reference {cls.__name__} code only; the "
+                    f"teacher is a {type(teacher).__name__}: set it to False"
+                )
         return {
             "teacher": teacher,
             "topk": c.TOPK,
@@ -96,6 +121,8 @@ class PGWMaskGenerator(nn.Module):
             "topk_before_inside": c.EMULATE_TOPK_BEFORE_INSIDE,
             "axis_swap": c.EMULATE_AXIS_SWAP,
             "cov_noise": c.EMULATE_COV_NOISE,
+            "fcos_padding": c.EMULATE_FCOS_PADDING,
+            "gfl_stride_bug": c.EMULATE_GFL_STRIDE_BUG,
         }
 
     def forward(
@@ -134,18 +161,19 @@ class PGWMaskGenerator(nn.Module):
         """The three maps over all priors, (N, R) each."""
         anchors = out.anchors.float()
         centres = out.prior_centres().float()  # (R, 2)
-        boxes = decode_boxes(self.teacher, out.box_reg.float(), anchors)  # (N, R, 4)
+        boxes = self._teacher_boxes(out, anchors)  # (N, R, 4)
+        valid = self.valid_priors(out, image_sizes)  # (N, R)
         gt, classes, gt_valid = pad_gt_instances(gt_instances, anchors.device)
         inside = points_inside_boxes(centres[None, :, None], gt[:, None], self.axis_swap)
         inside = inside & gt_valid[:, None, :]  # (N, R, G)
-        scored = gt_valid[:, None, :] & self._in_image(centres, image_sizes)[:, :, None]
+        scored = gt_valid[:, None, :] & valid[:, :, None]
         if not self.topk_before_inside:
             scored = scored & inside  # Eq. 1: only (prior, box) pairs inside the box have quality
         # Quality on the scored pairs only (far fewer than N*R*G by default): (M,) each.
         n_i, r_i, g_i = scored.nonzero(as_tuple=True)
         iou = aligned_iou(boxes[n_i, r_i], gt[n_i, g_i], IOU_EPS)
         prob = out.logits[n_i, r_i, classes[n_i, g_i]].float().sigmoid()
-        maps = {"bg": background_mask(inside)}
+        maps = {"bg": background_mask(inside) * valid}  # 0 on batch padding (spec 2.3, 2.7)
         for name, xi in (("cls", self.xi_cls), ("reg", self.xi_reg)):
             q = boxes.new_zeros(scored.shape)
             q[n_i, r_i, g_i] = quality_score(prob, iou, xi)
@@ -154,15 +182,38 @@ class PGWMaskGenerator(nn.Module):
             )
         return maps
 
-    def _in_image(self, centres: Tensor, image_sizes) -> Tensor:
+    def valid_priors(self, out, image_sizes) -> Tensor:
         """
-        (N, R) bool: the prior's centre lies in the image's own extent, rounded up to the
-        backbone's size divisibility (mmdet's valid flags). Only matters with
-        EMULATE_TOPK_BEFORE_INSIDE; the reference FCOS scores batch padding too (not emulated).
+        (N, R) bool: the prior lies on the image's own extent rounded up to the backbone's size
+        divisibility (mmdet's valid flags); everything with ``EMULATE_FCOS_PADDING``.
         """
-        div = max(int(getattr(self.teacher.backbone, "size_divisibility", 0) or 0), 1)
-        sizes = torch.as_tensor([list(s) for s in image_sizes], device=centres.device).float()
-        limits = torch.ceil(sizes / div) * div  # (N, 2) as (h, w)
-        return (centres[None, :, 0] < limits[:, None, 1]) & (
-            centres[None, :, 1] < limits[:, None, 0]
-        )
+        n, r = out.logits.shape[:2]
+        if self.fcos_padding:
+            return torch.ones(n, r, dtype=torch.bool, device=out.logits.device)
+        div = int(getattr(self.teacher.backbone, "size_divisibility", 0) or 0)
+        masks = [
+            valid_prior_mask(
+                out.level_shapes, out.strides, out.num_anchors, tuple(size), div, out.logits.device
+            )
+            for size in image_sizes
+        ]
+        return torch.stack(masks)
+
+    def _teacher_boxes(self, out, anchors: Tensor) -> Tensor:
+        """
+        (N, R, 4) teacher boxes in input pixels, by the teacher's own coder; with
+        ``EMULATE_GFL_STRIDE_BUG`` as the reference GFL code (spec 2.14-D): image k's distances
+        are all multiplied by the stride of level k, whatever the anchor's level.
+        """
+        if not self.gfl_stride_bug:
+            return decode_boxes(self.teacher, out.box_reg.float(), anchors)
+        n = out.box_reg.shape[0]
+        if n > len(out.strides):
+            raise ValueError(
+                f"MODEL.KD.PGD.EMULATE_GFL_STRIDE_BUG: the reference code gives image k the stride "
+                f"of level k and crashes with more images per GPU ({n}) than levels "
+                f"({len(out.strides)}); lower SOLVER.IMS_PER_BATCH or set the flag to False"
+            )
+        strides = anchors.new_tensor(out.strides[:n])[:, None, None]  # (N, 1, 1)
+        distances = distribution_integral(out.box_reg.float(), self.teacher.reg_max) * strides
+        return distances_to_boxes(box_centers(anchors)[None], distances)

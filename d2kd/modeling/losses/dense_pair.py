@@ -43,8 +43,9 @@ class DensePair:
     Attributes:
         student, teacher: flattened head outputs (logits/box_reg as fp32).
         gt_labels: (N, R) the student's assignment: [0, K) positive, K background, -1 ignored.
-        prior_weights: (N, R) 1 on priors over an image's own pixels, 0 on batch padding
-            (all 1 when padding is not ignored).
+        prior_weights: (N, R) 1 on priors over an image's own extent rounded up to the size
+            divisibility (mmdet's ``pad_shape``), 0 on the rest of the batch padding (all 1 when
+            padding is not ignored).
         num_classes: K.
     """
 
@@ -107,12 +108,20 @@ def check_dense_pair(student: nn.Module, teacher: nn.Module, loss: str, teacher_
     return num_classes
 
 
-def _prior_weights(s: DenseOutputs, image_sizes: Sequence, ignore_padding: bool, n: int) -> Tensor:
+def _prior_weights(
+    s: DenseOutputs, image_sizes: Sequence, ignore_padding: bool, n: int, size_divisibility: int
+) -> Tensor:
+    """
+    (N, R) 1 on the priors of each image's own extent rounded up to ``size_divisibility`` (the
+    official code's valid flags on the image's ``pad_shape``), 0 on the rest of the batch padding.
+    """
     device = s.logits.device
     if not ignore_padding:
         return torch.ones(n, s.logits.shape[1], device=device)
     masks = [
-        valid_prior_mask(s.level_shapes, s.strides, s.num_anchors, tuple(size), device)
+        valid_prior_mask(
+            s.level_shapes, s.strides, s.num_anchors, tuple(size), size_divisibility, device=device
+        )
         for size in image_sizes
     ]
     return torch.stack(masks).float()
@@ -141,7 +150,8 @@ def gather_dense_pair(
     labels, _ = record.student_one("label_anchors()")
     gt_labels = torch.stack(list(labels)).to(s.logits.device)  # (N, R)
     n = gt_labels.shape[0]
-    weights = _prior_weights(s, record.image_sizes, ignore_padding, n)
+    div = getattr(getattr(student, "backbone", None), "size_divisibility", 1) or 1
+    weights = _prior_weights(s, record.image_sizes, ignore_padding, n, int(div))
     return DensePair(s, t, gt_labels, weights, int(s.logits.shape[-1]))
 
 

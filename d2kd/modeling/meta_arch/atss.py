@@ -7,7 +7,9 @@ level by level, row-major as Detectron2's ``permute_to_N_HWA_K``), P positives i
 
 Training follows mmdet's ``ATSSHead`` (the configuration of the paper's released models): one
 square anchor of side ``8 x stride`` per location (offset 0), ATSS assignment
-(:func:`d2kd.layers.atss_assign.atss_assign`), sigmoid focal loss normalised by the number of
+(:func:`d2kd.layers.atss_assign.atss_assign`) over each image's valid anchors (anchors on the
+batch padding of a smaller image are never candidates and get no loss, mmdet's ``valid_flags``
+and label weight 0), sigmoid focal loss normalised by the number of
 positives averaged over workers, GIoU on decoded boxes weighted by the centerness targets and
 normalised by their sum, BCE on centerness.
 """
@@ -149,7 +151,8 @@ class ATSS(SquareAnchorDetector):
             predictions, self.kd_head_output_dims
         )
         anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        valid = self.valid_anchors(features, images.image_sizes)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances, valid)
         return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctr)
 
     def losses(
@@ -158,7 +161,8 @@ class ATSS(SquareAnchorDetector):
         """
         Args:
             anchors: L Boxes; pred_logits / pred_deltas / pred_ctr: L tensors (N, R_l, K / 4 / 1);
-            gt_labels: N (R,); gt_boxes: N (R, 4), from :meth:`label_anchors`.
+            gt_labels: N (R,); gt_boxes: N (R, 4), from :meth:`label_anchors` (labels -1 on
+                invalid anchors, which no loss sees).
         Returns:
             ``loss_atss_cls``, ``loss_atss_box``, ``loss_atss_ctr``.
         """
@@ -167,8 +171,9 @@ class ATSS(SquareAnchorDetector):
         normalizer = num_positives(pos_mask)
         get_event_storage().put_scalar("num_pos_anchors", pos_mask.sum().item() / len(gt_labels))
 
-        logits = torch.cat(pred_logits, dim=1).float()  # (N, R, K)
-        targets = F.one_hot(gt_labels, self.num_classes + 1)[..., :-1].to(logits.dtype)
+        valid = gt_labels >= 0  # -1: anchor on batch padding (mmdet: label weight 0)
+        logits = torch.cat(pred_logits, dim=1).float()[valid]  # (V, K)
+        targets = F.one_hot(gt_labels[valid], self.num_classes + 1)[..., :-1].to(logits.dtype)
         loss_cls = sigmoid_focal_loss_jit(
             logits,
             targets,

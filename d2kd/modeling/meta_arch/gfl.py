@@ -14,7 +14,9 @@ As mmdet's ``GFLHead`` (the head of the official GFL, LD and BCKD code):
   Distribution Focal Loss, both weighted by the positive's max predicted score (detached);
 * the regression logits are multiplied by a learnable per-level scale inside the head, so the
   head's outputs (what distillation losses see) are the post-scale logits;
-* positives come from ATSS on square ``8 x stride`` anchors with offset 0;
+* positives come from ATSS on square ``8 x stride`` anchors with offset 0, over each image's valid
+  anchors (its own extent rounded up to the size divisibility); anchors on the batch padding of a
+  smaller image are never candidates and get no loss (mmdet's ``valid_flags``, label weight 0);
 * normalisation: QFL by the number of positives (per image at least 1) averaged over workers;
   GIoU and DFL by the worker-averaged sum of the weights (at least 1).
 """
@@ -153,14 +155,16 @@ class GFL(SquareAnchorDetector):
             predictions, self.kd_head_output_dims
         )
         anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        valid = self.valid_anchors(features, images.image_sizes)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances, valid)
         return self.losses(anchors, pred_logits, gt_labels, pred_dists, gt_boxes)
 
     def losses(self, anchors, pred_logits, gt_labels, pred_dists, gt_boxes) -> Dict[str, Tensor]:
         """
         Args:
             anchors: L Boxes; pred_logits / pred_dists: L tensors (N, R_l, K / D);
-            gt_labels: N (R,); gt_boxes: N (R, 4), from :meth:`label_anchors`.
+            gt_labels: N (R,); gt_boxes: N (R, 4), from :meth:`label_anchors` (labels -1 on
+                invalid anchors, which no loss sees).
         Returns:
             ``loss_gfl_cls`` (QFL), ``loss_gfl_bbox`` (GIoU), ``loss_gfl_dfl`` (DFL).
         """
@@ -184,8 +188,9 @@ class GFL(SquareAnchorDetector):
         # QFL target: IoU of the detached prediction with its GT on positives, 0 elsewhere.
         quality = torch.zeros_like(gt_labels, dtype=logits.dtype)
         quality[pos_mask] = aligned_iou(pred_boxes.detach(), target_boxes)
+        valid = gt_labels >= 0  # -1: anchor on batch padding (mmdet: label weight 0)
         loss_cls = quality_focal_loss(
-            logits.flatten(0, 1), gt_labels.flatten(), quality.flatten(), beta=self.qfl_beta
+            logits[valid], gt_labels[valid], quality[valid], beta=self.qfl_beta
         ).sum()
 
         weight_sum = reduce_mean(weights.sum()).clamp(min=1.0)

@@ -7,7 +7,7 @@ Shape shorthand: N images, K classes, L levels, R anchors over all levels (one p
 level by level, row-major as Detectron2's ``permute_to_N_HWA_K``).
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import batched_nms
@@ -18,6 +18,7 @@ from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
 from d2kd.layers.atss_assign import atss_assign
+from d2kd.layers.prior_mask import valid_prior_mask
 from d2kd.utils.comm import reduce_mean
 
 from .dense_config import dense_detector_config
@@ -43,7 +44,11 @@ def square_anchor_generator(strides: List[int], anchor_scale: float) -> DefaultA
 
 @torch.no_grad()
 def atss_label_anchors(
-    anchors: List[Boxes], gt_instances: List[Instances], num_classes: int, topk: int
+    anchors: List[Boxes],
+    gt_instances: List[Instances],
+    num_classes: int,
+    topk: int,
+    valid: Optional[Sequence[Tensor]] = None,
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """
     ATSS labels of every anchor, in the format of Detectron2's ``RetinaNet.label_anchors``.
@@ -51,16 +56,23 @@ def atss_label_anchors(
     Args:
         anchors: L Boxes (R_l, 4), the same for every image.
         gt_instances: N Instances with ``gt_boxes`` and ``gt_classes``.
+        valid: optional N (R,) bool masks of the anchors on each image's own padded extent
+            (:meth:`SquareAnchorDetector.valid_anchors`); only those are ATSS candidates, as in
+            mmdet. None: every anchor is (a batch without padding).
     Returns:
-        gt_labels: N tensors (R,), class in [0, K) or K (background); never -1 (no ignored anchors).
+        gt_labels: N tensors (R,), class in [0, K), K (background) or -1 (ignored: an invalid
+            anchor, which mmdet gives ``label_weights = 0``).
         matched_gt_boxes: N tensors (R, 4), the assigned GT box (undefined on background).
     """
     sizes = [len(a) for a in anchors]
     flat = Boxes.cat(anchors).tensor  # (R, 4)
     gt_labels, matched_boxes = [], []
-    for inst in gt_instances:
+    if valid is not None and len(valid) != len(gt_instances):
+        raise ValueError(f"{len(valid)} valid masks for {len(gt_instances)} images")
+    for i, inst in enumerate(gt_instances):
         boxes = inst.gt_boxes.tensor
-        idx = atss_assign(flat, sizes, boxes, topk=topk).matched_gt_idx  # (R,)
+        mask = None if valid is None else valid[i]
+        idx = atss_assign(flat, sizes, boxes, topk=topk, valid=mask).matched_gt_idx  # (R,)
         if len(inst) > 0:
             labels = inst.gt_classes[idx.clamp(min=0)]
             labels = torch.where(idx >= 0, labels, torch.full_like(labels, num_classes))
@@ -68,6 +80,8 @@ def atss_label_anchors(
         else:
             labels = torch.full_like(idx, num_classes)
             matched = torch.zeros_like(flat)
+        if mask is not None:
+            labels = torch.where(mask, labels, torch.full_like(labels, -1))
         gt_labels.append(labels)
         matched_boxes.append(matched)
     return gt_labels, matched_boxes
@@ -145,11 +159,33 @@ class SquareAnchorDetector(DenseDetector):
             "topk": c.TOPK,
         }
 
+    def valid_anchors(self, features: List[Tensor], image_sizes: Sequence) -> List[Tensor]:
+        """
+        Per image, (R,) bool: the anchor's location lies on the image's own extent rounded up to
+        the backbone's size divisibility (mmdet's ``valid_flags`` on ``pad_shape``), not on the
+        batch padding added for larger images.
+
+        Args:
+            features: L maps (N, C, H_l, W_l) the anchors were made for.
+            image_sizes: N (h, w) before padding (``ImageList.image_sizes``).
+        """
+        shapes = [tuple(f.shape[-2:]) for f in features]
+        strides = self.anchor_generator.strides
+        div = self.backbone.size_divisibility
+        device = features[0].device
+        return [
+            valid_prior_mask(shapes, strides, 1, tuple(size), div, device=device)
+            for size in image_sizes
+        ]
+
     def label_anchors(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
+        self,
+        anchors: List[Boxes],
+        gt_instances: List[Instances],
+        valid: Optional[Sequence[Tensor]] = None,
     ) -> Tuple[List[Tensor], List[Tensor]]:
         """See :func:`atss_label_anchors` (background label = ``num_classes``)."""
-        return atss_label_anchors(anchors, gt_instances, self.num_classes, self.topk)
+        return atss_label_anchors(anchors, gt_instances, self.num_classes, self.topk, valid)
 
     def inference_single_image(
         self, anchors: List[Boxes], scores: List[Tensor], box_reg: List[Tensor], image_size
