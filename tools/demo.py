@@ -248,7 +248,9 @@ def write_results(rows: List[Dict], out_dir: str, meta: Dict) -> None:
 
     def clean(v):
         if isinstance(v, float):
-            return None if v != v else round(v, 3)  # NaN (no detection, no object) -> null
+            # NaN (no detection, no object) -> null; full precision otherwise (rounding here and
+            # again when printed would turn 44.2504 into "44.2").
+            return None if v != v else v
         return v
 
     with open(os.path.join(out_dir, "results.json"), "w") as f:

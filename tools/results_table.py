@@ -25,13 +25,28 @@ def format_ap(v: Optional[float]) -> str:
     return "nan" if v is None or v != v else f"{v:.1f}"
 
 
+# Row labels of demo.py (current and earlier) -> role; "(cached)"/"(bf16)" suffixes are ignored.
+_ROLES = {
+    "teacher": "teacher",
+    "plain student": "student",
+    "student": "student",
+    "distilled student": "distilled",
+    "distilled": "distilled",
+}
+
+
+def _role(label: str) -> Optional[str]:
+    base = label.split(" (")[0]
+    return _ROLES.get(base)
+
+
 def _by_model(rows: List[Dict]) -> Dict[str, Dict]:
-    """demo.py's rows keyed by role; "teacher (cached)" and "student (cached)" count as
-    their role."""
+    """demo.py's rows keyed by role (teacher, student, distilled); with several distilled rows
+    (``--teacher-precisions``) the first is taken."""
     out = {}
     for row in rows:
-        role = row["model"].split(" ")[0]
-        if role in ("teacher", "student", "distilled"):
+        role = _role(row["model"])
+        if role is not None and role not in out:
             out[role] = row
     missing = {"teacher", "student", "distilled"} - set(out)
     if missing:
@@ -48,7 +63,8 @@ def table_row(results: Dict) -> str:
     gain = None if s["AP"] is None or d["AP"] is None else d["AP"] - s["AP"]
     gain_str = "nan" if gain is None else f"{gain:+.1f}"
     name = os.path.basename(results["method"])
-    teacher = f"{os.path.basename(t['config'])} ({t['iters']} it)"
+    source = t.get("source_config") or t["config"]  # "config" is the resolved config.yaml now
+    teacher = f"{os.path.basename(source)} ({t['iters']} it)"
     cells = [
         f"`{name}`",
         teacher,

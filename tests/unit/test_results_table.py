@@ -56,3 +56,18 @@ def test_files_not_written_by_the_demo_are_named(tmp_path):
     partial["rows"] = partial["rows"][:1]
     with pytest.raises(ValueError, match="student"):
         results_table.make_table([_write(tmp_path, "p.json", partial)])
+
+
+def test_rows_as_the_demo_labels_them_now(tmp_path):
+    """Current labels ("plain student", "distilled student (fp32)"), the teacher named by its
+    source config, the first distilled row of several, and one rounding only (44.2504 -> 44.3)."""
+    results = _results(34.4, 44.2504, cached=False)
+    rows = results["rows"]
+    rows[0].update(config="output/x/teacher/config.yaml", source_config="configs/shapes/gfl.yaml")
+    rows[1]["model"] = "plain student (cached)"
+    rows[2]["model"] = "distilled student (fp32)"
+    rows.insert(3, dict(rows[2], model="distilled student (bf16)", AP=1.0))
+    line = results_table.make_table([_write(tmp_path, "a.json", results)]).splitlines()[-1]
+    assert line.startswith(
+        "| `pgd_fcos_R50_to_R18.yaml` | gfl.yaml (800 it) | 30.5 | 34.4 | 44.3 |"
+    )
