@@ -191,3 +191,22 @@ def check_images_without_objects(cfg, model, data):
     assert all(torch.isfinite(v) for v in losses.values())
     fg = [v for k, v in losses.items() if "_fg_" in k or k.startswith("loss_kd_pgd_reg")]
     assert all(v.item() == 0.0 for v in fg)  # no object: no key region, no foreground
+
+
+def train_step(model, batch):
+    """One training forward of ``model`` on ``batch`` (inside an EventStorage); the loss dict."""
+    model.train()
+    with EventStorage(0):
+        return model(batch)
+
+
+def step_with_record(model, batch):
+    """One training forward; (loss dict, the DistillRecord the losses read in that step)."""
+    seen = []
+    make = model._make_record
+    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
+    try:
+        losses = train_step(model, batch)
+    finally:
+        del model._make_record
+    return losses, seen[0]

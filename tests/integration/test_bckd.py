@@ -7,12 +7,17 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 import torch  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
 
 from d2kd.modeling.dense_outputs import decode_boxes  # noqa: E402
 from d2kd.modeling.losses.dense_pair import gather_dense_pair  # noqa: E402
 
-from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.common import (  # noqa: E402
+    make_batch,
+    step_with_record,
+    tiny_cfg,
+    tiny_shapes,
+    train_step,
+)
 
 # Tiny models for CPU speed (both sides): R18, 32 FPN channels, one conv per head tower.
 SMALL = [
@@ -43,20 +48,12 @@ def _model(arch, opts=(), teacher_opts=()):
     return cfg, build_model(cfg)
 
 
-def _step(model, batch):
-    model.train()
-    with EventStorage(0):
-        return model(batch)
+_step = train_step
 
 
 def _record(model, batch):
     """Run one step and return the DistillRecord the losses saw."""
-    seen = []
-    make = model._make_record
-    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
-    _step(model, batch)
-    del model._make_record
-    return seen[0]
+    return step_with_record(model, batch)[1]
 
 
 @pytest.mark.parametrize("arch", ["RetinaNet", "FCOS"])

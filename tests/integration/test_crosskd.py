@@ -9,12 +9,18 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
 from d2kd.modeling.adapters import Conv1x1  # noqa: E402
 
-from tests.integration.common import REPO, make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.common import (  # noqa: E402
+    REPO,
+    make_batch,
+    step_with_record,
+    tiny_cfg,
+    tiny_shapes,
+    train_step,
+)
 
 NODES = {"RetinaNet": "RETINANET", "FCOS": "FCOS", "ATSS": "ATSS", "GFL": "GFL"}
 CONFIGS = {a: f"shapes/kd/crosskd_{a.lower()}_R50_to_R18.yaml" for a in NODES}
@@ -51,10 +57,7 @@ def _model(arch, opts=(), teacher_opts=(), same_teacher=False, student_channels=
     return cfg, model
 
 
-def _step(model, batch):
-    model.train()
-    with EventStorage(0):
-        return model(batch)
+_step = train_step
 
 
 def _kd(losses):
@@ -135,12 +138,8 @@ def test_detection_losses_alone_train_the_predictors(data):
 def test_teacher_outputs_are_untouched_by_the_kd_step(data):
     cfg, model = _model("ATSS", ["MODEL.KD.CROSSKD.CROSS_BLOCK", 2])
     batch = make_batch(cfg, data[:2])
-    seen = []
-    make = model._make_record
-    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
-    kd = _kd(_step(model, batch))
-    del model._make_record
-    record = seen[0]
+    losses, record = step_with_record(model, batch)
+    kd = _kd(losses)
     before = [x.clone() for outs in record.teacher_one("head") for x in outs]
     holds = [x.clone() for x in record.teacher_all("head.cls_subnet.4")]
     sum(kd.values()).backward()
@@ -256,20 +255,16 @@ def test_ignore_band_and_padding_get_no_kd():
 def test_fcos_centerness_normaliser(data):
     """D_ctr = sum of the positives' centerness targets (here: recomputed from the assignment)."""
     cfg, model = _model("FCOS")
-    seen = []
-    make = model._make_record
-    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
-    _step(model, make_batch(cfg, data[:2]))
-    del model._make_record
+    _, record = step_with_record(model, make_batch(cfg, data[:2]))
     from d2kd.modeling.losses.dense_pair import gather_dense_pair
 
     loss = model.losses["CrossKDLoss"]
-    pair = gather_dense_pair(seen[0], model.student, model.teacher)
-    labels, boxes = seen[0].student_one("label_anchors()")
-    anchors = torch.cat([a.tensor for a in seen[0].student_one("anchor_generator")])
+    pair = gather_dense_pair(record, model.student, model.teacher)
+    labels, boxes = record.student_one("label_anchors()")
+    anchors = torch.cat([a.tensor for a in record.student_one("anchor_generator")])
     ctr = torch.cat(
         [
-            model.student.compute_ctrness_targets(seen[0].student_one("anchor_generator"), [b])[0][
+            model.student.compute_ctrness_targets(record.student_one("anchor_generator"), [b])[0][
                 (lab >= 0) & (lab < 4)
             ]
             for lab, b in zip(labels, boxes)
@@ -277,4 +272,4 @@ def test_fcos_centerness_normaliser(data):
     )
     assert anchors.shape[0] == pair.gt_labels.shape[1]
     assert ctr.numel() > 0
-    assert float(loss._normalizer(pair, seen[0])) == pytest.approx(float(ctr.sum()), rel=1e-5)
+    assert float(loss._normalizer(pair, record)) == pytest.approx(float(ctr.sum()), rel=1e-5)

@@ -7,12 +7,18 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
 
 from d2kd.methods.pkd.terms import pkd_loss  # noqa: E402
 from d2kd.modeling.adapters import Conv1x1, Identity  # noqa: E402
 
-from tests.integration.common import REPO, make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.common import (  # noqa: E402
+    REPO,
+    make_batch,
+    step_with_record,
+    tiny_cfg,
+    tiny_shapes,
+    train_step,
+)
 
 
 def _small(channels=32):
@@ -40,19 +46,7 @@ def _model(config="shapes/kd/pkd_gfl_R50_to_R18.yaml", opts=(), channels=32, sam
     return cfg, model
 
 
-def _step(model, batch):
-    model.train()
-    with EventStorage(0):
-        return model(batch)
-
-
-def _record(model, batch):
-    seen = []
-    make = model._make_record
-    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
-    losses = _step(model, batch)
-    del model._make_record
-    return losses, seen[0]
+_step, _record = train_step, step_with_record
 
 
 def test_one_weighted_term_per_level_matching_the_math(data):

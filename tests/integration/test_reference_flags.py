@@ -10,7 +10,6 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from d2kd.methods.fgd.loss import FGDLoss  # noqa: E402
@@ -19,7 +18,12 @@ from d2kd.methods.pgd.mask import PGWMaskGenerator  # noqa: E402
 from d2kd.modeling.dense_outputs import dense_outputs  # noqa: E402
 from d2kd.modeling.teacher import run_teacher  # noqa: E402
 
-from tests.integration.common import make_batch, small_kd_model, tiny_shapes  # noqa: E402
+from tests.integration.common import (  # noqa: E402
+    make_batch,
+    small_kd_model,
+    step_with_record,
+    tiny_shapes,
+)
 
 SPEC_FLAGS = {  # every EMULATE_* flag the PGD/FGD spec lists, with the spec item
     "PGD": ["TOPK_BEFORE_INSIDE", "AXIS_SWAP", "BATCH_MASK_MIXING", "GFL_STRIDE_BUG", "COV_NOISE"],
@@ -77,14 +81,7 @@ def _generator(cfg, model, flag):
 
 
 def _record(model, batch):
-    seen = []
-    make = model._make_record
-    model._make_record = lambda *a: seen.append(make(*a)) or seen[-1]
-    model.train()
-    with EventStorage(0):
-        model(batch)
-    del model._make_record
-    return seen[0]
+    return step_with_record(model, batch)[1]
 
 
 def test_every_spec_flag_is_a_config_key(models):

@@ -25,18 +25,9 @@ from d2kd.modeling.teacher_speed import (  # noqa: E402
     to_fp32,
 )
 
-from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
+from tests.integration.common import INPUT, SMALL, make_batch, tiny_cfg, tiny_shapes  # noqa: E402
 from tests.integration.test_deformable_detr import TINY as DETR_TINY  # noqa: E402
 
-SMALL = [
-    "MODEL.RESNETS.DEPTH",
-    18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    64,
-    "MODEL.FPN.OUT_CHANNELS",
-    64,
-]
-INPUT = ["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 64]
 PGD = "shapes/kd/pgd_retinanet_R50_to_R18.yaml"
 MSE = "shapes/kd/mse_retinanet_R50_to_R18.yaml"
 DETR = "shapes/kd/detrdistill_deformable_detr_R50_to_R18.yaml"
