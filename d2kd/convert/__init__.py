@@ -11,6 +11,7 @@ from .registry import (
     ConversionResult,
     detect_format,
     get_converter,
+    inert_classes_of,
     register_converter,
 )
 
@@ -20,5 +21,6 @@ __all__ = [
     "ConversionResult",
     "detect_format",
     "get_converter",
+    "inert_classes_of",
     "register_converter",
 ]

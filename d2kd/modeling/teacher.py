@@ -18,7 +18,8 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..utils.checkpoint import ReportingCheckpointer, describe_incompatible
+from ..utils.checkpoint import describe_incompatible
+from .foreign_weights import ConvertingCheckpointer
 
 __all__ = [
     "resolve_config_path",
@@ -141,24 +142,39 @@ def _refuse_distillation_checkpoint(path: str, incompatible) -> None:
         )
 
 
-def load_teacher_weights(teacher: nn.Module, path: str) -> None:
+def load_teacher_weights(
+    teacher: nn.Module, path: str, weights_format: str = "auto", tcfg: CfgNode = None
+) -> None:
     """
     Load ``path`` (any form Detectron2's checkpointer takes: local path, ``detectron2://``,
     ``https://``, another PathManager prefix) into ``teacher``, strictly and without executing
-    code from the file.
+    code from the file. A checkpoint of another framework (``weights_format`` "auto": recognised
+    by its contents; or a format name) is converted onto ``teacher`` (built from ``tcfg``) first.
 
     Raises:
         FileNotFoundError / OSError: the file does not exist or cannot be fetched.
         UnsafeCheckpointError / BrokenCheckpointError: see :mod:`d2kd.utils.safe_load`.
-        ValueError: some keys are missing, unexpected or of the wrong shape (all are named).
+        ValueError: some keys are missing, unexpected or of the wrong shape, or source keys of a
+            converted file are unmapped (all are named); an unknown format (the known ones
+            listed).
     """
-    checkpointer = ReportingCheckpointer(teacher, setting=SETTING)  # checks existence first
-    checkpointer.load(path)
+    checkpointer = ConvertingCheckpointer(
+        teacher, setting=SETTING, weights_format=weights_format, cfg=tcfg
+    )
+    checkpointer.load(path)  # checks existence first
     incompatible = checkpointer.incompatible
     if incompatible is None:
         raise ValueError(f"{SETTING}: teacher checkpoint {path} holds no model weights")
     _refuse_distillation_checkpoint(path, incompatible)
     problems = describe_incompatible(incompatible)
+    if checkpointer.unmapped:
+        problems.insert(
+            0,
+            f"source keys the {checkpointer.converted_from} converter does not map "
+            f"{checkpointer.unmapped}",
+        )
+    if checkpointer.converted_from:
+        path = f"{path} (converted from {checkpointer.converted_from})"
     if problems:
         raise ValueError(
             f"{SETTING}: teacher checkpoint {path} does not match the teacher config: "
@@ -187,7 +203,7 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
     if kd.LOAD_WEIGHTS:
         weights = teacher_weights_path(cfg)
         if weights:
-            load_teacher_weights(teacher, weights)
+            load_teacher_weights(teacher, weights, kd.WEIGHTS_FORMAT, tcfg)
         elif not kd.ALLOW_RANDOM_INIT:
             raise ValueError(
                 "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "
