@@ -242,3 +242,27 @@ def test_checkpoint_of_another_architecture_names_unmapped_and_missing_keys(tmp_
     assert (
         "backbone.top_block.p6.weight: checkpoint (64, 2048, 3, 3) vs model (64, 64, 3, 3)" in msg
     )
+
+
+def test_convert_checkpoint_tool_writes_a_teacher_checkpoint(tmp_path):
+    from tools.convert_checkpoint import main
+
+    tv = _torchvision_model("retinanet_v2")
+    src, dst = str(tmp_path / "tv.pth"), str(tmp_path / "teacher.pth")
+    torch.save(tv.state_dict(), src)
+    config = CONFIGS["retinanet_v2"]
+    opts = ["MODEL.RESNETS.WIDTH_PER_GROUP", str(WIDTH), "MODEL.FPN.OUT_CHANNELS", "64"]
+    opts += ["MODEL.RETINANET.NUM_CLASSES", "3", "MODEL.CONVERT.SOURCE_CLASSES", "[5, 1, 2]"]
+    with pytest.raises(ValueError, match="unknown checkpoint format 'mmdet9'.*torchvision"):
+        main(["--from", "mmdet9", src, dst, "--config", config, "--opts", *opts])
+    main(["--from", "auto", src, dst, "--config", config, "--opts", *opts])
+    cfg = _d2_cfg("retinanet_v2")
+    cfg.merge_from_list(opts)
+    d2 = build_model(cfg)
+    load_teacher_weights(d2, dst, "auto", cfg)  # Detectron2's layout now: no conversion
+    # the kept classes, in the config's order, for every anchor
+    tv_w = tv.head.classification_head.cls_logits.weight.reshape(3, 3, NUM_CLASSES, -1)
+    d2_w = d2.head.cls_score.weight.reshape(3, 3, 3, -1)  # size, ratio, class (d2 order)
+    assert torch.equal(d2_w, tv_w.transpose(0, 1)[:, :, [5, 1, 2]])
+    saved = torch.load(dst, weights_only=True)
+    assert saved["d2kd_conversion"]["format"] == "torchvision"
