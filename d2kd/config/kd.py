@@ -34,6 +34,10 @@ def add_kd_config(cfg: CN) -> None:
     # Extra overrides applied to the teacher config after CONFIG_FILE: "KEY VALUE" pairs for a
     # yacs config, "key=value" entries for a LazyConfig (.py) one.
     _C.MODEL.KD.TEACHER.OPTS = []
+    # CONFIG_FILE may be a Detectron2 LazyConfig (.py). Loading one runs its Python code, so only
+    # the model zoo's (inside the installed detectron2 package) are loaded unless this is True:
+    # set it only for a .py file you trust as you trust your own code.
+    _C.MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG = False
     # A teacher without weights is almost always a mistake; allow it only for tests/benchmarks.
     _C.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = False
     # Load the teacher weights when the model is built. train_net.py turns this off for

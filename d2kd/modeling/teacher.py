@@ -27,6 +27,8 @@ __all__ = [
     "zoo_weights_url",
     "teacher_weights_path",
     "load_teacher_cfg",
+    "load_lazy_teacher_cfg",
+    "lazy_config_of",
     "build_teacher",
     "load_teacher_weights",
     "freeze",
@@ -59,8 +61,9 @@ def resolve_config_path(path: str, setting: str = "MODEL.KD.TEACHER.CONFIG_FILE"
 
 
 def zoo_config_path(name: str) -> str:
-    """The file of Detectron2 model-zoo config ``name`` inside the package, or "" if none."""
-    if os.path.isabs(name) or not name.endswith(".yaml"):
+    """The file of Detectron2 model-zoo config ``name`` (.yaml, or LazyConfig .py) inside the
+    package, or "" if none."""
+    if os.path.isabs(name) or not name.endswith((".yaml", ".py")):
         return ""
     try:
         from detectron2 import model_zoo
@@ -116,6 +119,8 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
             "config file"
         )
     path = resolve_config_path(path)
+    if path.endswith(".py"):
+        return load_lazy_teacher_cfg(cfg, path)
     tcfg = get_d2kd_cfg()
     tcfg.merge_from_file(path)
     tcfg.merge_from_list(list(cfg.MODEL.KD.TEACHER.OPTS))
@@ -126,6 +131,75 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE  # the teacher lives on each rank's own device
     tcfg.MODEL.WEIGHTS = ""  # loaded strictly by load_teacher_weights
     return tcfg
+
+
+def _inside_installed_model_zoo(path: str) -> bool:
+    """Whether ``path`` is one of the configs shipped inside the installed detectron2 package."""
+    from detectron2 import model_zoo
+
+    zoo = os.path.realpath(os.path.join(os.path.dirname(model_zoo.__file__), "configs"))
+    return os.path.realpath(path).startswith(zoo + os.sep)
+
+
+_LAZY_KEY = "_d2kd_lazy_config"
+
+
+def lazy_config_of(tcfg: CfgNode):
+    """The LazyConfig (omegaconf) a teacher config came from, or None for a yacs config."""
+    return tcfg.__dict__.get(_LAZY_KEY)
+
+
+def load_lazy_teacher_cfg(cfg: CfgNode, path: str) -> CfgNode:
+    """
+    A teacher from a Detectron2 LazyConfig ``.py`` (``path`` resolved): its ``model`` with
+    ``MODEL.KD.TEACHER.OPTS`` as LazyConfig overrides (``key=value``). Loading a ``.py`` runs it:
+    only the model zoo's files (inside the installed detectron2 package) are loaded unless
+    ``MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG``; the refusal comes before anything is read.
+
+    Returns:
+        a yacs config holding what d2kd reads of a teacher config (``MODEL.META_ARCHITECTURE``:
+        the model's class name, ``INPUT.FORMAT``, ``MODEL.DEVICE``); :func:`lazy_config_of`
+        gives the LazyConfig itself.
+    """
+    from d2kd.config import get_d2kd_cfg
+
+    kd = cfg.MODEL.KD.TEACHER
+    if not kd.ALLOW_PYTHON_CONFIG and not _inside_installed_model_zoo(path):
+        raise ValueError(
+            f"MODEL.KD.TEACHER.CONFIG_FILE: {path} is a Python (LazyConfig) file, and loading it "
+            "would run its code. d2kd loads .py configs only from Detectron2's model zoo (inside "
+            "the installed detectron2 package); for a file you trust as your own code, set "
+            "MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG True"
+        )
+    opts = [str(o) for o in kd.OPTS]
+    bad = [o for o in opts if "=" not in o]
+    if bad:
+        raise ValueError(
+            f"MODEL.KD.TEACHER.OPTS: a LazyConfig teacher ({path}) takes key=value overrides "
+            f"(e.g. model.backbone.bottom_up.stages.depth=50); got {bad}"
+        )
+    from detectron2.config import LazyConfig
+
+    lazy = LazyConfig.apply_overrides(LazyConfig.load(path), opts)
+    if "model" not in lazy:
+        raise ValueError(f"MODEL.KD.TEACHER.CONFIG_FILE: LazyConfig {path} defines no 'model'")
+    tcfg = get_d2kd_cfg()
+    target = lazy.model.get("_target_", "")
+    tcfg.MODEL.META_ARCHITECTURE = getattr(target, "__name__", str(target).rsplit(".", 1)[-1])
+    tcfg.INPUT.FORMAT = lazy.model.get("input_format", tcfg.INPUT.FORMAT)
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    tcfg.MODEL.WEIGHTS = ""
+    tcfg.__dict__[_LAZY_KEY] = lazy
+    return tcfg
+
+
+def _build_teacher_model(tcfg: CfgNode) -> nn.Module:
+    lazy = lazy_config_of(tcfg)
+    if lazy is None:
+        return build_model(tcfg)
+    from detectron2.config import instantiate
+
+    return instantiate(lazy.model).to(torch.device(tcfg.MODEL.DEVICE))
 
 
 SETTING = "MODEL.KD.TEACHER.WEIGHTS"
@@ -198,7 +272,7 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
         (teacher, teacher_cfg)
     """
     tcfg = load_teacher_cfg(cfg)
-    teacher = build_model(tcfg)
+    teacher = _build_teacher_model(tcfg)
     kd = cfg.MODEL.KD.TEACHER
     if kd.LOAD_WEIGHTS:
         weights = teacher_weights_path(cfg)
