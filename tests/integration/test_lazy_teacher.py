@@ -28,14 +28,16 @@ def _cfg(teacher: str, loss: str = "FeatureMSELoss", opts=()):
     cfg.MODEL.KD.TEACHER.CONFIG_FILE = teacher
     cfg.MODEL.KD.TEACHER.OPTS = list(opts)
     cfg.MODEL.KD.LOSSES, cfg.MODEL.KD.LOSS_WEIGHTS = [loss], [1.0]
-    cfg.MODEL.KD.FEATURE_MSE.KEYS = ["p3", "p4", "p5", "p6"]  # levels both FPNs have
+    for node in ("FEATURE_MSE", "FGD", "PKD"):
+        cfg.MODEL.KD[node].KEYS = ["p3", "p4", "p5", "p6"]  # levels both FPNs have
     return cfg
 
 
-def test_zoo_lazyconfig_teacher_distils_feature_mse(data):
+@pytest.mark.parametrize("loss,prefix", [("FeatureMSELoss", "mse"), ("PKDLoss", "pkd")])
+def test_zoo_lazyconfig_teacher_distils_feature_losses(data, loss, prefix):
     torch.manual_seed(0)
     opts = ["model.backbone.bottom_up.stages.depth=50", "model.roi_heads.num_classes=4"]
-    cfg = _cfg(ZOO_LAZY, opts=opts)
+    cfg = _cfg(ZOO_LAZY, loss, opts=opts)
     model = build_model(cfg)
     teacher = model.teacher
     assert type(teacher).__name__ == "GeneralizedRCNN"
@@ -43,8 +45,8 @@ def test_zoo_lazyconfig_teacher_distils_feature_mse(data):
     assert teacher.roi_heads.box_predictor.cls_score.out_features == 5
     for _ in range(2):
         losses = kd_step(cfg, model, data)
-    terms = sorted(k for k in losses if k.startswith("loss_kd_mse_"))
-    assert terms == [f"loss_kd_mse_{p}" for p in ("p3", "p4", "p5", "p6")]
+    terms = sorted(k for k in losses if k.startswith("loss_kd_"))
+    assert terms and all(t.startswith(f"loss_kd_{prefix}_") for t in terms), terms
     assert all(losses[k] > 0 for k in terms)
 
 
