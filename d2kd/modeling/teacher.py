@@ -19,7 +19,7 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from ..utils.checkpoint import describe_incompatible
-from .foreign_weights import ConvertingCheckpointer
+from .foreign_weights import ConvertingCheckpointer, check_weights_format
 
 __all__ = [
     "resolve_config_path",
@@ -274,6 +274,7 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
     tcfg = load_teacher_cfg(cfg)
     teacher = _build_teacher_model(tcfg)
     kd = cfg.MODEL.KD.TEACHER
+    check_weights_format(kd.WEIGHTS_FORMAT)  # also when no weights are loaded
     if kd.LOAD_WEIGHTS:
         weights = teacher_weights_path(cfg)
         if weights:

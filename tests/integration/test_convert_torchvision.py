@@ -272,3 +272,14 @@ def test_convert_checkpoint_tool_writes_a_teacher_checkpoint(tmp_path):
     assert torch.equal(d2_w, tv_w.transpose(0, 1)[:, :, [5, 1, 2]])
     saved = torch.load(dst, weights_only=True)
     assert saved["d2kd_conversion"]["format"] == "torchvision"
+
+
+def test_unknown_weights_format_is_refused_at_build():
+    from tests.integration.common import tiny_cfg
+
+    cfg = tiny_cfg("shapes/kd/mse_retinanet_R18long_to_R18.yaml")
+    cfg.MODEL.KD.TEACHER.WEIGHTS_FORMAT = "mmdet_v9"
+    with pytest.raises(
+        ValueError, match="WEIGHTS_FORMAT: unknown .*auto, detectron2, .*torchvision"
+    ):
+        build_model(cfg)
