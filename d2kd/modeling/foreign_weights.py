@@ -58,6 +58,15 @@ class ConvertingCheckpointer(ReportingCheckpointer):
         self.converted_from = ""
         self.unmapped: List[str] = []
 
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith((".pkl", ".pyth")) and self.weights_format not in _OWN:
+            raise ValueError(
+                f'{self._where(filename)}: {FORMAT_SETTING} "{self.weights_format}" names a '
+                "framework format, read from PyTorch files (.pth); a .pkl/.pyth file is "
+                f'Detectron2\'s own layout (set {FORMAT_SETTING} "auto" or "detectron2")'
+            )
+        return super()._load_file(filename)
+
     def _torch_load(self, f: str) -> Dict[str, Any]:
         fmt = self.weights_format
         inert = () if fmt == "detectron2" else inert_classes_of("" if fmt == "auto" else fmt)
