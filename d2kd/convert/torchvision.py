@@ -185,11 +185,12 @@ class TorchvisionConverter(CheckpointConverter):
     @staticmethod
     def _anchor_shape(out: Dict[str, torch.Tensor], cfg: Any) -> Tuple[int, int]:
         """(sizes, aspect ratios) per location: (1, 1) for FCOS, else the teacher config's."""
-        if "head.ctrness.weight" in out or "head.bbox_pred.weight" not in out:
+        reg = [out[k] for k in ("head.bbox_pred.weight", "head.bbox_pred.bias") if k in out]
+        if not reg or any(k.startswith("head.ctrness.") for k in out):
             return 1, 1
         sizes = _cfg_get(cfg, "MODEL.ANCHOR_GENERATOR.SIZES", [[32, 40, 50]])[0]
         ratios = _cfg_get(cfg, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", [[0.5, 1.0, 2.0]])[0]
-        num = out["head.bbox_pred.weight"].shape[0] // 4
+        num = reg[0].shape[0] // 4
         if len(sizes) * len(ratios) != num:
             raise ValueError(
                 f"the torchvision checkpoint predicts {num} anchors per location, but the teacher "
