@@ -178,6 +178,13 @@ def load_lazy_teacher_cfg(cfg: CfgNode, path: str) -> CfgNode:
             f"MODEL.KD.TEACHER.OPTS: a LazyConfig teacher ({path}) takes key=value overrides "
             f"(e.g. model.backbone.bottom_up.stages.depth=50); got {bad}"
         )
+    callables = [o for o in opts if "_target_" in o]
+    if callables and not kd.ALLOW_PYTHON_CONFIG:
+        raise ValueError(
+            f"MODEL.KD.TEACHER.OPTS: {callables} name a callable (_target_), which instantiating "
+            "the teacher would call: refused, like a .py file of your own, unless "
+            "MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG True"
+        )
     from detectron2.config import LazyConfig
 
     lazy = LazyConfig.apply_overrides(LazyConfig.load(path), opts)

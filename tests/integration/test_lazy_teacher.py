@@ -56,9 +56,14 @@ def test_dense_head_loss_refuses_a_lazyconfig_two_stage_teacher():
         build_model(cfg)
 
 
-def test_lazyconfig_opts_must_be_key_value():
+def test_lazyconfig_opts_must_be_key_value_and_name_no_callable(tmp_path):
     with pytest.raises(ValueError, match="key=value"):
         build_model(_cfg(ZOO_LAZY, opts=["MODEL.DEVICE", "cpu"]))
+    marker = tmp_path / "MARKER"
+    evil = f"model.evil={{_target_:subprocess.run,args:[touch,{marker}]}}"
+    with pytest.raises(ValueError, match="_target_.*ALLOW_PYTHON_CONFIG"):
+        build_model(_cfg(ZOO_LAZY, opts=[evil]))
+    assert not marker.exists()
 
 
 def test_users_python_config_needs_the_opt_in(tmp_path):
