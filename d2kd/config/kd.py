@@ -36,7 +36,8 @@ def add_kd_config(cfg: CN) -> None:
     _C.MODEL.KD.TEACHER.OPTS = []
     # CONFIG_FILE may be a Detectron2 LazyConfig (.py). Loading one runs its Python code, so only
     # the model zoo's (inside the installed detectron2 package) are loaded unless this is True:
-    # set it only for a .py file you trust as you trust your own code.
+    # set it only for a .py file you trust as you trust your own code. OPTS naming a callable
+    # (_target_) need it too.
     _C.MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG = False
     # A teacher without weights is almost always a mistake; allow it only for tests/benchmarks.
     _C.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = False
