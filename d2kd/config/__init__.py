@@ -4,7 +4,8 @@ edited.
 
 One file per node: ``kd`` (``MODEL.KD``, the framework), one per method (``feature_mse``, ``fgd``,
 ``pgd``, ``bckd``, ``ld``, ``detrdistill``: ``MODEL.KD.<METHOD>``), and the detectors and backbones
-(``detectors``, ``deformable_detr``, ``backbones``). The nodes stay here rather than in the method
+(``detectors``, ``deformable_detr``, ``backbones``, ``foreign``: options that reproduce other
+frameworks' models). The nodes stay here rather than in the method
 folders so that ``modeling/teacher.py``, which builds configs, never imports ``d2kd.methods``.
 """
 
@@ -19,6 +20,7 @@ from .detectors import add_atss_config, add_fcos_config, add_gfl_config
 from .detrdistill import add_detrdistill_config
 from .feature_mse import add_feature_mse_config
 from .fgd import add_fgd_config
+from .foreign import add_foreign_model_config
 from .kd import add_kd_config
 from .ld import add_ld_config
 from .pgd import add_pgd_config
@@ -45,6 +47,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_checks_config(cfg)
     add_crosskd_config(cfg)
     add_pkd_config(cfg)
+    add_foreign_model_config(cfg)
 
 
 def get_d2kd_cfg() -> CN:

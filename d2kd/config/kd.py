@@ -25,10 +25,20 @@ def add_kd_config(cfg: CN) -> None:
     # through a restricted unpickler (no file can run code). Loading is strict: any missing,
     # unexpected or mis-shaped key raises an error that names the keys.
     _C.MODEL.KD.TEACHER.WEIGHTS = ""
+    # Layout of WEIGHTS: "auto" (recognised by its contents: a registered framework format, see
+    # d2kd/convert, is converted on load; anything else is Detectron2's own), "detectron2"
+    # (Detectron2's layouts, no conversion), or a format name ("torchvision", ...).
+    _C.MODEL.KD.TEACHER.WEIGHTS_FORMAT = "auto"
     # Take the model zoo's trained weights of CONFIG_FILE (a zoo config name; WEIGHTS must be "").
     _C.MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO = False
-    # Extra "KEY VALUE" overrides applied to the teacher config after CONFIG_FILE.
+    # Extra overrides applied to the teacher config after CONFIG_FILE: "KEY VALUE" pairs for a
+    # yacs config, "key=value" entries for a LazyConfig (.py) one.
     _C.MODEL.KD.TEACHER.OPTS = []
+    # CONFIG_FILE may be a Detectron2 LazyConfig (.py). Loading one runs its Python code, so only
+    # the model zoo's (inside the installed detectron2 package) are loaded unless this is True:
+    # set it only for a .py file you trust as you trust your own code. OPTS naming a callable
+    # (_target_) need it too.
+    _C.MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG = False
     # A teacher without weights is almost always a mistake; allow it only for tests/benchmarks.
     _C.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = False
     # Load the teacher weights when the model is built. train_net.py turns this off for

@@ -5,12 +5,14 @@ Converting checkpoints of other frameworks into d2kd models' state dicts.
 registers its converter on import.
 """
 
+from . import torchvision  # noqa: F401,E402  (registers "torchvision")
 from .registry import (
     CONVERTERS,
     CheckpointConverter,
     ConversionResult,
     detect_format,
     get_converter,
+    inert_classes_of,
     register_converter,
 )
 
@@ -20,5 +22,6 @@ __all__ = [
     "ConversionResult",
     "detect_format",
     "get_converter",
+    "inert_classes_of",
     "register_converter",
 ]

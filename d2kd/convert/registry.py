@@ -9,7 +9,7 @@ d2kd model its teacher config builds (:meth:`~CheckpointConverter.convert`). Fil
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -20,6 +20,7 @@ __all__ = [
     "register_converter",
     "detect_format",
     "get_converter",
+    "inert_classes_of",
 ]
 
 
@@ -46,6 +47,9 @@ class CheckpointConverter:
 
     name: str = ""
     description: str = ""
+    # Fully qualified names of bookkeeping classes this format's files carry next to the weights
+    # (e.g. "argparse.Namespace"): read as inert placeholders (d2kd.utils.safe_load.InertObject).
+    inert_classes: Tuple[str, ...] = ()
 
     def matches(self, checkpoint: Dict[str, Any]) -> bool:
         """Whether ``checkpoint`` (the loaded file, a dict) is of this format."""
@@ -96,3 +100,10 @@ def detect_format(checkpoint: Any) -> str:
     if len(found) > 1:
         raise ValueError(f"checkpoint matches several formats ({', '.join(found)}); name one")
     return found[0] if found else ""
+
+
+def inert_classes_of(name: str = "") -> Tuple[str, ...]:
+    """The bookkeeping classes format ``name`` admits as inert placeholders; all formats' for
+    "" (a file whose format is not known yet)."""
+    convs = [CONVERTERS[name]] if name else list(CONVERTERS.values())
+    return tuple(sorted({c for conv in convs for c in conv.inert_classes}))

@@ -18,7 +18,8 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..utils.checkpoint import ReportingCheckpointer, describe_incompatible
+from ..utils.checkpoint import describe_incompatible
+from .foreign_weights import ConvertingCheckpointer, check_weights_format
 
 __all__ = [
     "resolve_config_path",
@@ -26,6 +27,8 @@ __all__ = [
     "zoo_weights_url",
     "teacher_weights_path",
     "load_teacher_cfg",
+    "load_lazy_teacher_cfg",
+    "lazy_config_of",
     "build_teacher",
     "load_teacher_weights",
     "freeze",
@@ -58,8 +61,9 @@ def resolve_config_path(path: str, setting: str = "MODEL.KD.TEACHER.CONFIG_FILE"
 
 
 def zoo_config_path(name: str) -> str:
-    """The file of Detectron2 model-zoo config ``name`` inside the package, or "" if none."""
-    if os.path.isabs(name) or not name.endswith(".yaml"):
+    """The file of Detectron2 model-zoo config ``name`` (.yaml, or LazyConfig .py) inside the
+    package, or "" if none."""
+    if os.path.isabs(name) or not name.endswith((".yaml", ".py")):
         return ""
     try:
         from detectron2 import model_zoo
@@ -115,6 +119,8 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
             "config file"
         )
     path = resolve_config_path(path)
+    if path.endswith(".py"):
+        return load_lazy_teacher_cfg(cfg, path)
     tcfg = get_d2kd_cfg()
     tcfg.merge_from_file(path)
     tcfg.merge_from_list(list(cfg.MODEL.KD.TEACHER.OPTS))
@@ -125,6 +131,82 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE  # the teacher lives on each rank's own device
     tcfg.MODEL.WEIGHTS = ""  # loaded strictly by load_teacher_weights
     return tcfg
+
+
+def _inside_installed_model_zoo(path: str) -> bool:
+    """Whether ``path`` is one of the configs shipped inside the installed detectron2 package."""
+    from detectron2 import model_zoo
+
+    zoo = os.path.realpath(os.path.join(os.path.dirname(model_zoo.__file__), "configs"))
+    return os.path.realpath(path).startswith(zoo + os.sep)
+
+
+_LAZY_KEY = "_d2kd_lazy_config"
+
+
+def lazy_config_of(tcfg: CfgNode):
+    """The LazyConfig (omegaconf) a teacher config came from, or None for a yacs config."""
+    return tcfg.__dict__.get(_LAZY_KEY)
+
+
+def load_lazy_teacher_cfg(cfg: CfgNode, path: str) -> CfgNode:
+    """
+    A teacher from a Detectron2 LazyConfig ``.py`` (``path`` resolved): its ``model`` with
+    ``MODEL.KD.TEACHER.OPTS`` as LazyConfig overrides (``key=value``). Loading a ``.py`` runs it:
+    only the model zoo's files (inside the installed detectron2 package) are loaded unless
+    ``MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG``; the refusal comes before anything is read.
+
+    Returns:
+        a yacs config holding what d2kd reads of a teacher config (``MODEL.META_ARCHITECTURE``:
+        the model's class name, ``INPUT.FORMAT``, ``MODEL.DEVICE``); :func:`lazy_config_of`
+        gives the LazyConfig itself.
+    """
+    from d2kd.config import get_d2kd_cfg
+
+    kd = cfg.MODEL.KD.TEACHER
+    if not kd.ALLOW_PYTHON_CONFIG and not _inside_installed_model_zoo(path):
+        raise ValueError(
+            f"MODEL.KD.TEACHER.CONFIG_FILE: {path} is a Python (LazyConfig) file, and loading it "
+            "would run its code. d2kd loads .py configs only from Detectron2's model zoo (inside "
+            "the installed detectron2 package); for a file you trust as your own code, set "
+            "MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG True"
+        )
+    opts = [str(o) for o in kd.OPTS]
+    bad = [o for o in opts if "=" not in o]
+    if bad:
+        raise ValueError(
+            f"MODEL.KD.TEACHER.OPTS: a LazyConfig teacher ({path}) takes key=value overrides "
+            f"(e.g. model.backbone.bottom_up.stages.depth=50); got {bad}"
+        )
+    callables = [o for o in opts if "_target_" in o]
+    if callables and not kd.ALLOW_PYTHON_CONFIG:
+        raise ValueError(
+            f"MODEL.KD.TEACHER.OPTS: {callables} name a callable (_target_), which instantiating "
+            "the teacher would call: refused, like a .py file of your own, unless "
+            "MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG True"
+        )
+    from detectron2.config import LazyConfig
+
+    lazy = LazyConfig.apply_overrides(LazyConfig.load(path), opts)
+    if "model" not in lazy:
+        raise ValueError(f"MODEL.KD.TEACHER.CONFIG_FILE: LazyConfig {path} defines no 'model'")
+    tcfg = get_d2kd_cfg()
+    target = lazy.model.get("_target_", "")
+    tcfg.MODEL.META_ARCHITECTURE = getattr(target, "__name__", str(target).rsplit(".", 1)[-1])
+    tcfg.INPUT.FORMAT = lazy.model.get("input_format", tcfg.INPUT.FORMAT)
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    tcfg.MODEL.WEIGHTS = ""
+    tcfg.__dict__[_LAZY_KEY] = lazy
+    return tcfg
+
+
+def _build_teacher_model(tcfg: CfgNode) -> nn.Module:
+    lazy = lazy_config_of(tcfg)
+    if lazy is None:
+        return build_model(tcfg)
+    from detectron2.config import instantiate
+
+    return instantiate(lazy.model).to(torch.device(tcfg.MODEL.DEVICE))
 
 
 SETTING = "MODEL.KD.TEACHER.WEIGHTS"
@@ -141,24 +223,39 @@ def _refuse_distillation_checkpoint(path: str, incompatible) -> None:
         )
 
 
-def load_teacher_weights(teacher: nn.Module, path: str) -> None:
+def load_teacher_weights(
+    teacher: nn.Module, path: str, weights_format: str = "auto", tcfg: CfgNode = None
+) -> None:
     """
     Load ``path`` (any form Detectron2's checkpointer takes: local path, ``detectron2://``,
     ``https://``, another PathManager prefix) into ``teacher``, strictly and without executing
-    code from the file.
+    code from the file. A checkpoint of another framework (``weights_format`` "auto": recognised
+    by its contents; or a format name) is converted onto ``teacher`` (built from ``tcfg``) first.
 
     Raises:
         FileNotFoundError / OSError: the file does not exist or cannot be fetched.
         UnsafeCheckpointError / BrokenCheckpointError: see :mod:`d2kd.utils.safe_load`.
-        ValueError: some keys are missing, unexpected or of the wrong shape (all are named).
+        ValueError: some keys are missing, unexpected or of the wrong shape, or source keys of a
+            converted file are unmapped (all are named); an unknown format (the known ones
+            listed).
     """
-    checkpointer = ReportingCheckpointer(teacher, setting=SETTING)  # checks existence first
-    checkpointer.load(path)
+    checkpointer = ConvertingCheckpointer(
+        teacher, setting=SETTING, weights_format=weights_format, cfg=tcfg
+    )
+    checkpointer.load(path)  # checks existence first
     incompatible = checkpointer.incompatible
     if incompatible is None:
         raise ValueError(f"{SETTING}: teacher checkpoint {path} holds no model weights")
     _refuse_distillation_checkpoint(path, incompatible)
     problems = describe_incompatible(incompatible)
+    if checkpointer.unmapped:
+        problems.insert(
+            0,
+            f"source keys the {checkpointer.converted_from} converter does not map "
+            f"{checkpointer.unmapped}",
+        )
+    if checkpointer.converted_from:
+        path = f"{path} (converted from {checkpointer.converted_from})"
     if problems:
         raise ValueError(
             f"{SETTING}: teacher checkpoint {path} does not match the teacher config: "
@@ -182,12 +279,13 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
         (teacher, teacher_cfg)
     """
     tcfg = load_teacher_cfg(cfg)
-    teacher = build_model(tcfg)
+    teacher = _build_teacher_model(tcfg)
     kd = cfg.MODEL.KD.TEACHER
+    check_weights_format(kd.WEIGHTS_FORMAT)  # also when no weights are loaded
     if kd.LOAD_WEIGHTS:
         weights = teacher_weights_path(cfg)
         if weights:
-            load_teacher_weights(teacher, weights)
+            load_teacher_weights(teacher, weights, kd.WEIGHTS_FORMAT, tcfg)
         elif not kd.ALLOW_RANDOM_INIT:
             raise ValueError(
                 "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "

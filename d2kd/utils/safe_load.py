@@ -26,6 +26,8 @@ __all__ = [
     "restricted_pickle_load",
     "safe_torch_load",
     "safe_load_file",
+    "InertObject",
+    "inert_class",
 ]
 
 # (module, name) a Detectron2/Caffe2 .pkl may reference. NumPy 1.x writes numpy.core.*, 2.x
@@ -165,9 +167,61 @@ def _numpy_globals() -> list:
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -> Any:
+class InertObject:
+    """
+    A stand-in for a bookkeeping object a framework's checkpoint carries next to its weights
+    (mmengine's ``HistoryBuffer`` in ``message_hub``, ``argparse.Namespace`` in ``args``).
+
+    Created by the weights-only unpickler in place of the foreign class, it runs none of that
+    class's code: its arguments and pickled state are kept as plain data (``args``, ``state``)
+    and the foreign class's name in ``foreign_name``.
+    """
+
+    foreign_name = ""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert placeholder for {self.foreign_name}>"
+
+
+_INERT_CLASSES: dict = {}
+
+
+def inert_class(full_name: str) -> type:
+    """The :class:`InertObject` subclass standing in for ``full_name`` ("argparse.Namespace")."""
+    if full_name not in _INERT_CLASSES:
+        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", full_name):
+            raise ValueError(f"not a fully qualified class name: {full_name!r}")
+        _INERT_CLASSES[full_name] = type(
+            "Inert_" + full_name.replace(".", "_"), (InertObject,), {"foreign_name": full_name}
+        )
+    return _INERT_CLASSES[full_name]
+
+
+def _inert_globals(inert_classes) -> list:
+    """``(stand-in, "module.Name")`` pairs for torch.serialization.safe_globals."""
+    return [(inert_class(name), name) for name in inert_classes]
+
+
+def safe_torch_load(
+    filename: str, setting: str, source: Optional[str] = None, inert_classes=()
+) -> Any:
     """
     ``torch.load(filename, map_location="cpu", weights_only=True)`` with d2kd's errors.
+
+    ``inert_classes``: fully qualified names of bookkeeping classes a framework's checkpoint may
+    carry (e.g. ``"argparse.Namespace"``); each is loaded as an :class:`InertObject` stand-in
+    that runs none of the named class's code. Every other class or function is still refused.
 
     Raises:
         UnsafeCheckpointError: the file references a global outside PyTorch's weights-only list.
@@ -177,7 +231,7 @@ def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -
     if empty:
         raise _broken(setting, filename, source, empty)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        with torch.serialization.safe_globals(_numpy_globals() + _inert_globals(inert_classes)):
             return torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -201,9 +255,11 @@ def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -
         raise _broken(setting, filename, source, msg) from None
 
 
-def safe_load_file(filename: str, setting: str, source: Optional[str] = None) -> Any:
+def safe_load_file(
+    filename: str, setting: str, source: Optional[str] = None, inert_classes=()
+) -> Any:
     """A ``.pkl`` through :func:`restricted_pickle_load`, anything else through
-    :func:`safe_torch_load`."""
+    :func:`safe_torch_load` (with ``inert_classes``, see there)."""
     if filename.endswith(".pkl"):
         return restricted_pickle_load(filename, setting, source)
-    return safe_torch_load(filename, setting, source)
+    return safe_torch_load(filename, setting, source, inert_classes)

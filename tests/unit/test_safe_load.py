@@ -116,3 +116,59 @@ def test_a_pth_holding_numpy_arrays_loads(tmp_path):
     torch.save({"model": {"w": np.arange(3, dtype=np.float32), "s": np.float64(2.0)}}, path)
     out = safe_torch_load(path, "MODEL.WEIGHTS")
     assert np.array_equal(out["model"]["w"], np.arange(3)) and out["model"]["s"] == 2.0
+
+
+def _foreign_module(monkeypatch, module: str, name: str, marker):
+    """A stand-in for a framework's bookkeeping class (module and name as in its checkpoints),
+    whose own __setstate__ would create ``marker``: loading must never run it."""
+    import sys
+    import types
+
+    mod = types.ModuleType(module)
+
+    def __setstate__(self, state):
+        open(marker, "w").close()
+        self.__dict__.update(state)
+
+    cls = type(name, (), {"__module__": module, "__setstate__": __setstate__})
+    setattr(mod, name, cls)
+    parts = module.split(".")
+    for i in range(1, len(parts)):  # pickle imports the parent packages first
+        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(parts[i - 1]))
+    monkeypatch.setitem(sys.modules, module, mod)
+    return cls
+
+
+def test_named_bookkeeping_classes_load_as_inert_placeholders(tmp_path, monkeypatch):
+    marker = tmp_path / "MARKER"
+    hb = _foreign_module(monkeypatch, "mmengine.logging.history_buffer", "HistoryBuffer", marker)
+    buf = hb.__new__(hb)
+    buf.__dict__.update(_log_history=np.arange(3.0), max_length=10)
+    ns = __import__("argparse").Namespace(lr=0.01, epochs=12)
+    path = str(tmp_path / "framework.pth")
+    torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": {"b": buf}, "args": ns}, path)
+    for m in ("mmengine.logging.history_buffer", "mmengine.logging", "mmengine"):
+        monkeypatch.delitem(__import__("sys").modules, m)
+
+    with pytest.raises(UnsafeCheckpointError) as e:  # not admitted: refused, file named
+        safe_torch_load(path, "MODEL.KD.TEACHER.WEIGHTS")
+    assert path in str(e.value) and "HistoryBuffer" in str(e.value)
+    names = ("mmengine.logging.history_buffer.HistoryBuffer", "argparse.Namespace")
+    data = safe_load_file(path, "MODEL.KD.TEACHER.WEIGHTS", inert_classes=names)
+    assert torch.equal(data["state_dict"]["w"], torch.ones(2))
+    stub = data["message_hub"]["b"]
+    assert stub.foreign_name == names[0] and not isinstance(stub, hb)
+    assert stub.state["max_length"] == 10 and list(stub.state["_log_history"]) == [0, 1, 2]
+    assert data["args"].foreign_name == "argparse.Namespace" and data["args"].state["lr"] == 0.01
+    assert not marker.exists()  # the real class's __setstate__ never ran
+
+
+def test_admitted_bookkeeping_classes_do_not_admit_code(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = str(tmp_path / "evil.pth")
+    ns = __import__("argparse").Namespace(x=_Payload(marker))
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": ns}, path)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        safe_torch_load(path, "MODEL.KD.TEACHER.WEIGHTS", inert_classes=["argparse.Namespace"])
+    assert path in str(e.value) and "system" in str(e.value)
+    assert not marker.exists()
