@@ -123,7 +123,7 @@ def official_variant(state_dict: Dict[str, torch.Tensor]) -> str:
 
 def cfg_variant(cfg) -> str:
     c = cfg.MODEL.DEFORMABLE_DETR
-    if c.get("TWO_STAGE", False):
+    if c.TWO_STAGE:
         return "two_stage"
     return "refine" if c.WITH_BOX_REFINE else "plain"
 
@@ -144,12 +144,18 @@ def _copy_of(key: str, variant: str, target_variant: str) -> Optional[str]:
     return None
 
 
-def _class_rows(src: torch.Tensor, num_classes: int, key: str) -> torch.Tensor:
-    """A class head's weight or bias for ``num_classes`` outputs (91 COCO ids -> 80 classes)."""
+def _class_rows(
+    src: torch.Tensor, num_classes: int, key: str, proposals: bool = False
+) -> torch.Tensor:
+    """
+    A class head's weight or bias for ``num_classes`` outputs (91 COCO ids -> 80 classes). The
+    two-stage proposal head (``proposals``) only uses output 0 (its objectness, trained with every
+    target labelled 0): that row stays first, the 79 other class rows follow.
+    """
     if src.shape[0] == num_classes:
         return src
     if src.shape[0] == 91 and num_classes == 80:
-        return src[COCO_CATEGORY_IDS]
+        return src[[0] + COCO_CATEGORY_IDS[1:]] if proposals else src[COCO_CATEGORY_IDS]
     raise ValueError(
         f"{key}: the checkpoint's class head has {src.shape[0]} outputs; "
         f"MODEL.DEFORMABLE_DETR.NUM_CLASSES is {num_classes} (only equal counts or the "
@@ -180,6 +186,8 @@ class DeformableDetrConverter(CheckpointConverter):
         "official Deformable DETR (github.com/fundamentalvision/Deformable-DETR): plain, "
         "--with_box_refine, --two_stage"
     )
+    # main.py saves its argparse options next to the weights ("args"): read as an inert object.
+    inert_classes = ("argparse.Namespace",)
 
     def matches(self, checkpoint: Dict[str, Any]) -> bool:
         sd = checkpoint.get("model")
@@ -193,6 +201,7 @@ class DeformableDetrConverter(CheckpointConverter):
         sd = checkpoint["model"]
         variant = official_variant(sd)
         num_classes = cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES
+        proposal_head = f"heads.class_embed.{cfg.MODEL.DEFORMABLE_DETR.DEC_LAYERS}."
         out, source_of, unmapped, bad_copies = {}, {}, [], []
         for key, value in sd.items():
             source = _copy_of(key, variant, cfg_variant(cfg))
@@ -205,7 +214,7 @@ class DeformableDetrConverter(CheckpointConverter):
                 unmapped.append(key)
                 continue
             if target.startswith("heads.class_embed."):
-                value = _class_rows(value, num_classes, key)
+                value = _class_rows(value, num_classes, key, target.startswith(proposal_head))
             out[target], source_of[target] = value, key
         return self._check(out, source_of, unmapped + bad_copies, variant, cfg)
 

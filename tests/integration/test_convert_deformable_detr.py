@@ -10,6 +10,8 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
 
 from d2kd.convert import detect_format, get_converter  # noqa: E402
 from d2kd.convert.deformable_detr import COCO_CATEGORY_IDS  # noqa: E402
@@ -21,7 +23,9 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures", "convert", "deformable_detr")
 CONFIGS = {
     "plain": "teachers/deformable_detr_official_R50.yaml",
     "refine": "teachers/deformable_detr_official_R50_refine.yaml",
+    "two_stage": "teachers/deformable_detr_official_R50_two_stage.yaml",
 }
+VARIANTS = list(CONFIGS)
 # The fixtures' sizes (see the generation script): the official ResNet-50 layout at 1/64 width,
 # width 32, 2 heads, 1 encoder + 2 decoder layers, 2 points, FFN 32, 12 queries.
 FIXTURE_SIZES = [
@@ -60,7 +64,7 @@ def _max_rel(a, b):
     return ((a - b).abs() / b.abs().clamp(min=FLOOR)).max().item()
 
 
-@pytest.mark.parametrize("variant", ["plain", "refine"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_every_decoder_stage_matches_the_official_model(variant):
     _, model = _converted_model(variant)
     ref = _load(f"{variant}_outputs.pth")
@@ -72,9 +76,16 @@ def test_every_decoder_stage_matches_the_official_model(variant):
     assert out.pred_logits.shape == ref_logits.shape == (2, 2, 12, 80)
     assert _max_rel(out.pred_logits, ref_logits) <= RTOL
     assert _max_rel(out.pred_boxes, ref["pred_boxes"]) <= RTOL
+    if variant == "two_stage":
+        # The encoder proposals: class 0 (the objectness that ranks them) and boxes.
+        assert _max_rel(out.enc_logits[..., 0], ref["enc_logits"][..., 0]) <= RTOL
+        assert _max_rel(out.enc_boxes, ref["enc_boxes"]) <= RTOL
+        assert out.query_embed.shape == (2, 12, 64)
+    else:
+        assert out.enc_logits is None and out.enc_boxes is None
 
 
-@pytest.mark.parametrize("variant", ["plain", "refine"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_detections_on_one_image_match_the_official_postprocess(variant):
     cfg, model = _converted_model(variant)
     ref = _load(f"{variant}_outputs.pth")
@@ -123,3 +134,29 @@ def test_checkpoint_of_another_size_names_the_keys():
         get_converter("deformable-detr").convert(
             _load("plain.pth"), _cfg("plain", ["MODEL.DEFORMABLE_DETR.NUM_CLASSES", 20])
         )
+
+
+def test_two_stage_training_step_has_the_proposal_loss_and_gradients():
+    cfg = _cfg("two_stage", ["MODEL.DEFORMABLE_DETR.NUM_CLASSES", 3])
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    batch = []
+    for h, w in [(64, 96), (48, 80)]:
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 40.0, 30.0], [20.0, 10.0, 60.0, 44.0]]))
+        inst.gt_classes = torch.tensor([0, 2])
+        batch.append({"image": torch.randint(0, 256, (3, h, w)).float(), "instances": inst})
+    with EventStorage(0):
+        losses = model(batch)
+    names = ("loss_ce", "loss_bbox", "loss_giou")
+    assert set(losses) == {n + s for n in names for s in ("", "_0", "_enc")}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    losses["loss_ce_enc"].backward()  # reaches the proposal head and the encoder
+    t = model.transformer
+    for w in (
+        t.enc_output.weight,
+        model.heads.class_embed[2].weight,
+        t.encoder_layers[0].ffn.linear1.weight,
+    ):
+        assert w.grad.abs().sum() > 0
+    assert not hasattr(model, "query_embed") and not hasattr(t, "reference_points")
