@@ -50,8 +50,8 @@ def _cfg(variant, opts=()):
     return tiny_cfg(CONFIGS[variant], FIXTURE_SIZES + list(opts))
 
 
-def _converted_model(variant):
-    cfg = _cfg(variant)
+def _converted_model(variant, opts=()):
+    cfg = _cfg(variant, opts)
     checkpoint = _load(f"{variant}.pth")
     assert detect_format(checkpoint) == "deformable-detr"
     result = get_converter("deformable-detr").convert(checkpoint, cfg)
@@ -108,6 +108,28 @@ def test_detections_on_one_image_match_the_official_postprocess(variant):
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
     assert (inst.pred_boxes.tensor[:n] - boxes).abs().max() <= RTOL * max(h, w)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_losses_match_the_official_criterion(variant):
+    # 91 classes (the official head as it is), so that the focal loss covers the same classes.
+    _, model = _converted_model(variant, ["MODEL.DEFORMABLE_DETR.NUM_CLASSES", 91])
+    ref = _load(f"{variant}_outputs.pth")
+    gt = []
+    for image, t in zip(ref["images"], ref["targets"]):
+        inst = Instances(tuple(image.shape[-2:]))
+        inst.gt_boxes, inst.gt_classes = Boxes(torch.tensor(t["boxes"])), torch.tensor(t["labels"])
+        gt.append(inst)
+    with torch.no_grad():  # eval mode (no dropout), as the reference
+        images = model.preprocess_image([{"image": im.float()} for im in ref["images"]])
+        out = model.detr_outputs(images)
+        targets = model.prepare_targets(gt)
+        losses = model.criterion(out.pred_logits, out.pred_boxes, targets)
+        if variant == "two_stage":
+            losses.update(model.criterion.proposal_losses(out.enc_logits, out.enc_boxes, targets))
+    assert set(losses) == set(ref["losses"])
+    for name, value in losses.items():
+        assert value.item() == pytest.approx(ref["losses"][name].item(), rel=RTOL), name
 
 
 def test_checkpoint_of_another_variant_names_unmapped_and_missing_keys():

@@ -37,7 +37,9 @@ variant ``plain``, ``refine`` (``--with_box_refine``) and ``two_stage`` (``--wit
   ``"model"`` (its ``optimizer``/``lr_scheduler``/``epoch``/``args`` entries carry no weights);
 - ``<variant>_outputs.pth``: ``images`` (two uint8 RGB images of different sizes, so
   padding and valid ratios are exercised), ``pred_logits``/``pred_boxes`` (K, B, N, C|4) of every
-  decoder stage, ``enc_logits``/``enc_boxes`` (two-stage encoder proposals), and the official
+  decoder stage, ``enc_logits``/``enc_boxes`` (two-stage encoder proposals), ``losses`` (the
+  official ``SetCriterion``'s terms times its ``weight_dict``, on the model's eval-mode outputs,
+  for ``targets``: pixel xyxy boxes and category ids per image), and the official
   ``PostProcess`` detections (``scores``, ``labels``, ``boxes`` in pixels) of image 0 alone.
 """
 
@@ -162,7 +164,28 @@ def _images(seed: int):
     return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in SIZES]
 
 
-def _official_forward(model, post, images):
+# Targets of the loss reference: per image, pixel xyxy boxes and COCO category ids.
+TARGETS = [
+    {"boxes": [[4.0, 6.0, 40.0, 30.0], [20.0, 10.0, 90.0, 60.0]], "labels": [1, 18]},
+    {"boxes": [[10.0, 5.0, 70.0, 40.0]], "labels": [3]},
+]
+
+
+def _official_losses(criterion, out, sizes):
+    """The official criterion's weighted losses (as main.py sums them) for TARGETS."""
+    from util import box_ops
+
+    targets = []
+    for t, (h, w) in zip(TARGETS, sizes):
+        boxes = torch.tensor(t["boxes"]) / torch.tensor([w, h, w, h], dtype=torch.float32)
+        targets.append(
+            {"labels": torch.tensor(t["labels"]), "boxes": box_ops.box_xyxy_to_cxcywh(boxes)}
+        )
+    raw = criterion(out, targets)
+    return {k: v * criterion.weight_dict[k] for k, v in raw.items() if k in criterion.weight_dict}
+
+
+def _official_forward(model, post, images, criterion=None):
     from util.misc import nested_tensor_from_tensor_list
 
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -177,6 +200,9 @@ def _official_forward(model, post, images):
         "pred_logits": torch.stack([s["pred_logits"] for s in stages]),
         "pred_boxes": torch.stack([s["pred_boxes"] for s in stages]),
     }
+    if criterion is not None:
+        ref["losses"] = _official_losses(criterion, out, SIZES)
+        ref["targets"] = TARGETS
     if "enc_outputs" in out:
         ref["enc_logits"] = out["enc_outputs"]["pred_logits"]
         ref["enc_boxes"] = out["enc_outputs"]["pred_boxes"]
@@ -199,11 +225,11 @@ def main():
     variants = {"plain": (False, False), "refine": (True, False), "two_stage": (True, True)}
     for seed, (name, (refine, two_stage)) in enumerate(variants.items()):
         torch.manual_seed(seed)
-        model, _, post = build_model(_args(refine, two_stage))
+        model, criterion, post = build_model(_args(refine, two_stage))
         _perturb(model, seed)
         model.eval()
         with torch.no_grad():
-            ref = _official_forward(model, post["bbox"], _images(seed))
+            ref = _official_forward(model, post["bbox"], _images(seed), criterion)
         torch.save({"model": model.state_dict()}, os.path.join(opts.out, f"{name}.pth"))
         torch.save(ref, os.path.join(opts.out, f"{name}_outputs.pth"))
         print(name, {k: tuple(v.shape) for k, v in ref.items() if torch.is_tensor(v)})
