@@ -33,14 +33,19 @@ initialisation leaves zeros and ones that would hide a swapped or missing key). 
 variant ``plain``, ``refine`` (``--with_box_refine``) and ``two_stage`` (``--with_box_refine
 --two_stage``, the only two-stage form the official code builds):
 
-- ``<variant>.pth``: ``{"model": state_dict}`` exactly as the official ``main.py`` saves it under
-  ``"model"`` (its ``optimizer``/``lr_scheduler``/``epoch``/``args`` entries carry no weights);
-- ``<variant>_outputs.pth``: ``images`` (two uint8 RGB images of different sizes, so
-  padding and valid ratios are exercised), ``pred_logits``/``pred_boxes`` (K, B, N, C|4) of every
-  decoder stage, ``enc_logits``/``enc_boxes`` (two-stage encoder proposals), ``losses`` (the
-  official ``SetCriterion``'s terms times its ``weight_dict``, on the model's eval-mode outputs,
-  for ``targets``: pixel xyxy boxes and category ids per image), and the official
-  ``PostProcess`` detections (``scores``, ``labels``, ``boxes`` in pixels) of image 0 alone.
+- ``<variant>.pth``: ``{"model": state_dict}`` as the official ``main.py`` saves it under
+  ``"model"`` (legacy torch serialization; its ``optimizer``/``lr_scheduler``/``epoch``/``args``
+  entries carry no weights);
+- ``<variant>_outputs.pth``: ``images`` (two uint8 RGB images of different sizes, so padding and
+  valid ratios are exercised), ``pred_logits``/``pred_boxes`` (K, B, N, C|4) of every decoder
+  stage, ``enc_logits`` (output 0, the objectness) / ``enc_boxes`` of the two-stage encoder
+  proposals, ``losses`` (the official ``SetCriterion``'s terms times its ``weight_dict``, on the
+  model's eval-mode outputs, for ``targets``: pixel xyxy boxes and category ids per image), and
+  the official ``PostProcess`` detections (``scores``, ``labels``, ``boxes`` in pixels) of
+  image 0 alone.
+
+With ``OMP_NUM_THREADS=1`` the outputs are bit-identical from run to run (more threads change
+the last bits of the reductions).
 """
 
 import argparse
@@ -204,7 +209,7 @@ def _official_forward(model, post, images, criterion=None):
         ref["losses"] = _official_losses(criterion, out, SIZES)
         ref["targets"] = TARGETS
     if "enc_outputs" in out:
-        ref["enc_logits"] = out["enc_outputs"]["pred_logits"]
+        ref["enc_logits"] = out["enc_outputs"]["pred_logits"][..., :1].clone()  # objectness
         ref["enc_boxes"] = out["enc_outputs"]["pred_boxes"]
     one = model(nested_tensor_from_tensor_list(norm[:1]))
     det = post(one, torch.tensor([SIZES[0]]))[0]
@@ -230,7 +235,10 @@ def main():
         model.eval()
         with torch.no_grad():
             ref = _official_forward(model, post["bbox"], _images(seed), criterion)
-        torch.save({"model": model.state_dict()}, os.path.join(opts.out, f"{name}.pth"))
+        # torch's pre-1.6 serialization (files written with torch 1.5, which the repository
+        # supports, are in it; it is also smaller): d2kd's safe loader reads both.
+        path = os.path.join(opts.out, f"{name}.pth")
+        torch.save({"model": model.state_dict()}, path, _use_new_zipfile_serialization=False)
         torch.save(ref, os.path.join(opts.out, f"{name}_outputs.pth"))
         print(name, {k: tuple(v.shape) for k, v in ref.items() if torch.is_tensor(v)})
 
