@@ -182,3 +182,27 @@ def test_two_stage_training_step_has_the_proposal_loss_and_gradients():
     ):
         assert w.grad.abs().sum() > 0
     assert not hasattr(model, "query_embed") and not hasattr(t, "reference_points")
+
+
+def test_a_two_stage_teacher_serves_detrdistill(tmp_path):
+    """The query prior decodes the teacher's per-image proposal queries with the student."""
+    from tests.integration.common import make_batch, tiny_shapes
+    from tests.integration.test_detrdistill import KD_CFG, TEACHER, TINY, _losses
+
+    data = tiny_shapes(str(tmp_path), n=2)
+    two_stage = [
+        "MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE",
+        True,
+        "MODEL.DEFORMABLE_DETR.TWO_STAGE",
+        True,
+    ]
+    names = ("DETRLogitsDistillLoss", "DETRFeatureDistillLoss", "DETRQueryPriorLoss")
+    torch.manual_seed(0)
+    cfg = tiny_cfg(KD_CFG, TINY + ["MODEL.KD.TEACHER.OPTS", TEACHER + two_stage, *_losses(*names)])
+    model = build_model(cfg).train()
+    assert model.teacher.two_stage and not model.student.two_stage
+    with EventStorage(0):
+        losses = model(make_batch(cfg, data))
+    kd = {k for k in losses if k.startswith("loss_kd_")}
+    assert {"loss_kd_detrdistill_query_cls", "loss_kd_detrdistill_feat"} <= kd
+    assert all(torch.isfinite(v) for v in losses.values())
