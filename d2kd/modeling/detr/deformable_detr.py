@@ -46,7 +46,8 @@ class DeformableDETR(nn.Module):
     """
     Backbone -> multi-scale projection -> deformable encoder -> decoder over learnable queries
     -> per-stage class/box heads; sigmoid classification with a focal loss, Hungarian matching.
-    Single-stage variant (no two-stage proposals); iterative box refinement optional.
+    Iterative box refinement optional; two-stage (queries from the best encoder proposals of
+    each image, needs refinement) optional.
     """
 
     @configurable
