@@ -206,3 +206,10 @@ def test_a_two_stage_teacher_serves_detrdistill(tmp_path):
     kd = {k for k in losses if k.startswith("loss_kd_")}
     assert {"loss_kd_detrdistill_query_cls", "loss_kd_detrdistill_feat"} <= kd
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_only_official_checkpoints_are_recognised():
+    own = {"model": build_model(_cfg("plain")).state_dict()}  # d2kd's own DeformableDETR layout
+    assert "transformer.level_embed" in own["model"]
+    assert detect_format(own) == ""
+    assert get_converter("deformable-detr").matches(_load("two_stage.pth"))
