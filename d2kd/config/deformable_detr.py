@@ -36,6 +36,11 @@ def add_deformable_detr_config(cfg: CN) -> None:
     _C.MODEL.DEFORMABLE_DETR.NUM_QUERIES = 300
     # Iterative box refinement (each decoder layer refines the previous layer's boxes).
     _C.MODEL.DEFORMABLE_DETR.WITH_BOX_REFINE = False
+    # Two-stage Deformable DETR (needs WITH_BOX_REFINE, as the official code): the NUM_QUERIES
+    # best encoder proposals (one per memory position, scored by class 0 of an extra class head,
+    # boxed by an extra box head) give each image its queries and reference boxes; trained with
+    # an extra set loss on the proposals (suffix _enc).
+    _C.MODEL.DEFORMABLE_DETR.TWO_STAGE = False
     # Initial foreground probability of the classifier (bias prior).
     _C.MODEL.DEFORMABLE_DETR.PRIOR_PROB = 0.01
     # Hungarian matching cost weights: focal class cost, L1 (cxcywh), -GIoU.

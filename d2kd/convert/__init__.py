@@ -5,6 +5,7 @@ Converting checkpoints of other frameworks into d2kd models' state dicts.
 registers its converter on import.
 """
 
+from . import deformable_detr  # noqa: F401  (registers "deformable-detr")
 from . import torchvision  # noqa: F401,E402  (registers "torchvision")
 from .registry import (
     CONVERTERS,

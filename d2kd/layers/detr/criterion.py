@@ -73,6 +73,22 @@ class SetCriterion(nn.Module):
                 losses[name + suffix] = value
         return losses
 
+    def proposal_losses(
+        self, logits: Tensor, boxes: Tensor, targets: List[Dict[str, Tensor]]
+    ) -> Dict[str, Tensor]:
+        """
+        Two-stage: the set losses of the encoder proposals against the targets as one class
+        (class 0: every target is labelled 0, as in Deformable DETR), keys suffixed ``_enc``.
+
+        Args:
+            logits: (B, S, C); boxes: (B, S, 4) cxcywh in [0, 1].
+        """
+        logits, boxes = logits.float(), boxes.float()
+        binary = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+        indices = self.matcher(logits, boxes, binary)
+        losses = self.stage_losses(logits, boxes, binary, indices)
+        return {name + "_enc": value for name, value in losses.items()}
+
     def stage_losses(
         self,
         logits: Tensor,

@@ -6,6 +6,7 @@ Shape shorthand: K stages; B images; N queries; d channels; C classes.
 
 import copy
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
@@ -45,21 +46,45 @@ class DetrPredictionHeads(nn.Module):
         num_stages: int,
         with_box_refine: bool = False,
         prior_prob: float = 0.01,
+        two_stage: bool = False,
     ):
+        """
+        Args:
+            two_stage: add a last class/box head pair (index ``num_stages``) for the encoder
+                proposals of two-stage Deformable DETR (which needs ``with_box_refine``).
+        """
         super().__init__()
+        if two_stage and not with_box_refine:
+            raise ValueError(
+                "MODEL.DEFORMABLE_DETR.TWO_STAGE needs WITH_BOX_REFINE (as the official code)"
+            )
         class_embed = nn.Linear(hidden_dim, num_classes)
         nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
         self.with_box_refine, self.num_stages = with_box_refine, num_stages
-        n = num_stages if with_box_refine else 1
+        self.two_stage = two_stage
+        n = (num_stages + int(two_stage)) if with_box_refine else 1
         self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(n))
         self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(n))
         with torch.no_grad():
             # The first stage starts from small boxes (sigmoid(-2) = 0.12); later refining stages
-            # start from "no change" of the previous box, as in Deformable DETR.
-            self.bbox_embed[0].layers[-1].bias[2:] = -2.0
+            # start from "no change" of the previous box, as in Deformable DETR. Two-stage
+            # starts every stage from its proposal box.
+            self.bbox_embed[0].layers[-1].bias[2:] = 0.0 if two_stage else -2.0
+
+    def proposals(self, features: Tensor, proposals: Tensor) -> Tuple[Tensor, Tensor]:
+        """
+        The encoder proposals' class logits and boxes (two-stage), from the last head pair.
+
+        Args:
+            features: (B, S, d) proposal features; proposals: (B, S, 4) boxes in logit space.
+        Returns:
+            logits (B, S, C) (class 0 scores the proposal), boxes (B, S, 4) in logit space.
+        """
+        k = self.num_stages
+        return self.class_embed[k](features), self.bbox_embed[k](features) + proposals
 
     @property
     def refine_embed(self):
@@ -69,7 +94,7 @@ class DetrPredictionHeads(nn.Module):
     def forward(self, hs: Tensor, init_reference: Tensor, inter_references: Tensor):
         """
         Args:
-            hs: (K, B, N, d); init_reference: (B, N, 2); inter_references: (K, B, N, 2|4), the
+            hs: (K, B, N, d); init_reference: (B, N, 2|4); inter_references: (K, B, N, 2|4), the
                 reference after each stage (stage k reads the one after stage k-1).
         Returns:
             logits (K, B, N, C), boxes (K, B, N, 4) cxcywh in [0, 1].

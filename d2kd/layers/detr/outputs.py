@@ -8,7 +8,7 @@ L feature levels of sizes H_l x W_l; S = sum_l H_l * W_l.
 
 import dataclasses
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from torch import Tensor
 
@@ -67,6 +67,9 @@ class DETROutputs:
         encoder: the flattened encoder state (memory included).
         query_embed: (N, 2d) the learnable queries (positional half first, then content).
         image_sizes: B pairs (h, w) of the unpadded images.
+        enc_logits / enc_boxes: two-stage only (else None): (B, S, C) class logits and
+            (B, S, 4) boxes of the encoder proposals; ``query_embed`` is then per image,
+            (B, N, 2d), made from the selected proposals.
     """
 
     pred_logits: Tensor
@@ -77,6 +80,8 @@ class DETROutputs:
     encoder: EncoderState
     query_embed: Tensor
     image_sizes: List[Tuple[int, int]]
+    enc_logits: Optional[Tensor] = None
+    enc_boxes: Optional[Tensor] = None
 
     @property
     def num_stages(self) -> int:

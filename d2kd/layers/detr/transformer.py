@@ -10,6 +10,7 @@ K decoder layers.
 
 import copy
 import dataclasses
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -98,9 +99,11 @@ class DeformableTransformer(nn.Module):
         num_feature_levels: int = 4,
         enc_n_points: int = 4,
         dec_n_points: int = 4,
+        two_stage: bool = False,
     ):
         super().__init__()
         self.d_model, self.num_feature_levels = d_model, num_feature_levels
+        self.two_stage = two_stage
         enc = EncoderLayer(
             d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points
         )
@@ -110,7 +113,15 @@ class DeformableTransformer(nn.Module):
         self.encoder_layers = _clones(enc, num_encoder_layers)
         self.decoder_layers = _clones(dec, num_decoder_layers)
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
-        self.reference_points = nn.Linear(d_model, 2)
+        if two_stage:
+            # Encoder proposals: memory -> proposal features; proposal boxes -> queries.
+            self.enc_output, self.enc_output_norm = nn.Linear(d_model, d_model), nn.LayerNorm(
+                d_model
+            )
+            self.pos_trans = nn.Linear(2 * d_model, 2 * d_model)
+            self.pos_trans_norm = nn.LayerNorm(2 * d_model)
+        else:
+            self.reference_points = nn.Linear(d_model, 2)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -120,8 +131,9 @@ class DeformableTransformer(nn.Module):
         for m in self.modules():  # MSDeformAttn's own initialisation wins (zero offsets weights)
             if isinstance(m, MSDeformAttn):
                 m._reset_parameters()
-        nn.init.xavier_uniform_(self.reference_points.weight)
-        nn.init.constant_(self.reference_points.bias, 0.0)
+        if not self.two_stage:
+            nn.init.xavier_uniform_(self.reference_points.weight)
+            nn.init.constant_(self.reference_points.bias, 0.0)
         nn.init.normal_(self.level_embed)
 
     @property
@@ -189,25 +201,84 @@ class DeformableTransformer(nn.Module):
             out = layer(out, state.pos, refs, state.spatial_shapes, state.mask)
         return dataclasses.replace(state, memory=out)
 
+    # ----------------------------------------------------------------------------- two-stage
+    def encoder_proposals(self, state: EncoderState) -> Tuple[Tensor, Tensor]:
+        """
+        One proposal per memory position (two-stage): a box centred on the position, of side
+        0.05 * 2^level of the valid image, and the memory transformed for the proposal heads.
+
+        Returns:
+            features (B, S, d): ``enc_output_norm(enc_output(memory))``, memory zeroed first on
+            padding and on invalid proposals; proposals (B, S, 4) cxcywh in logit space, +inf on
+            padding and where a coordinate is outside (0.01, 0.99).
+        """
+        b = state.memory.shape[0]
+        props, start = [], 0
+        for lvl, (h, w) in enumerate(state.spatial_shapes.tolist()):
+            mask = state.mask[:, start : start + h * w].view(b, h, w)
+            valid = torch.stack([(~mask[:, 0, :]).sum(1), (~mask[:, :, 0]).sum(1)], -1)  # (B, 2)
+            ys, xs = torch.meshgrid(
+                torch.arange(h, dtype=torch.float32, device=mask.device),
+                torch.arange(w, dtype=torch.float32, device=mask.device),
+                indexing="ij",
+            )
+            grid = torch.stack([xs, ys], -1).reshape(1, h * w, 2)
+            centre = (grid + 0.5) / valid[:, None].float()
+            size = torch.full_like(centre, 0.05 * 2.0**lvl)
+            props.append(torch.cat([centre, size], -1))
+            start += h * w
+        props = torch.cat(props, 1)  # (B, S, 4)
+        valid = ((props > 0.01) & (props < 0.99)).all(-1, keepdim=True)
+        invalid = state.mask[..., None] | ~valid
+        props = torch.log(props / (1 - props)).masked_fill(invalid, float("inf"))
+        memory = state.memory.masked_fill(invalid, 0.0)
+        return self.enc_output_norm(self.enc_output(memory)), props
+
+    def proposal_queries(self, proposals: Tensor) -> Tensor:
+        """
+        Queries of the selected proposals (two-stage): sine embedding of the 4 sigmoid
+        coordinates (d / 2 frequencies each, interleaved sin/cos), then ``pos_trans`` + norm.
+
+        Args:
+            proposals: (B, N, 4) in logit space.
+        Returns:
+            (B, N, 2d): positional half, then content half.
+        """
+        n_freq = self.d_model // 2
+        dim_t = torch.arange(n_freq, dtype=torch.float32, device=proposals.device)
+        dim_t = 10000.0 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / n_freq)
+        pos = proposals.sigmoid()[..., None] * (2 * math.pi) / dim_t  # (B, N, 4, F)
+        pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
+        return self.pos_trans_norm(self.pos_trans(pos))
+
     # ----------------------------------------------------------------------------- decoder
     def decode(
-        self, state: EncoderState, query_embed: Tensor, bbox_embed: Optional[nn.ModuleList] = None
+        self,
+        state: EncoderState,
+        query_embed: Tensor,
+        bbox_embed: Optional[nn.ModuleList] = None,
+        reference: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """
         Args:
             state: an encoded :class:`EncoderState`.
-            query_embed: (N, 2d) queries: positional half, then content half.
+            query_embed: (N, 2d) queries, or (B, N, 2d) per image: positional half, then
+                content half.
             bbox_embed: per-layer box heads for iterative box refinement (None: no refinement).
+            reference: (B, N, 4) initial reference boxes in [0, 1] (two-stage); None: points
+                from ``reference_points`` on the positional half.
         Returns:
-            hs (K, B, N, d) every layer's output; init_reference (B, N, 2) sigmoid reference
-            points; inter_references (K, B, N, 2|4) the references after each layer (equal to
-            the initial ones without refinement).
+            hs (K, B, N, d) every layer's output; init_reference (B, N, 2|4) sigmoid reference
+            points or boxes; inter_references (K, B, N, 2|4) the references after each layer
+            (equal to the initial ones without refinement).
         """
         b = state.memory.shape[0]
-        query_pos, tgt = query_embed.split(self.d_model, dim=1)
-        query_pos = query_pos[None].expand(b, -1, -1)
-        tgt = tgt[None].expand(b, -1, -1)
-        reference = self.reference_points(query_pos).sigmoid()  # (B, N, 2)
+        query_pos, tgt = query_embed.split(self.d_model, dim=-1)
+        if query_embed.dim() == 2:
+            query_pos = query_pos[None].expand(b, -1, -1)
+            tgt = tgt[None].expand(b, -1, -1)
+        if reference is None:
+            reference = self.reference_points(query_pos).sigmoid()  # (B, N, 2)
         init_reference = reference
         hs, inter = [], []
         for lid, layer in enumerate(self.decoder_layers):

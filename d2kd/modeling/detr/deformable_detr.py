@@ -46,7 +46,8 @@ class DeformableDETR(nn.Module):
     """
     Backbone -> multi-scale projection -> deformable encoder -> decoder over learnable queries
     -> per-stage class/box heads; sigmoid classification with a focal loss, Hungarian matching.
-    Single-stage variant (no two-stage proposals); iterative box refinement optional.
+    Iterative box refinement optional; two-stage (queries from the best encoder proposals of
+    each image, needs refinement) optional.
     """
 
     @configurable
@@ -64,6 +65,7 @@ class DeformableDETR(nn.Module):
         with_box_refine: bool = False,
         prior_prob: float = 0.01,
         detections_per_image: int = 100,
+        two_stage: bool = False,
     ):
         """
         Args:
@@ -75,6 +77,9 @@ class DeformableDETR(nn.Module):
             pixel_mean / pixel_std: input normalisation.
             with_box_refine: iterative box refinement.
             detections_per_image: (query, class) pairs kept at inference.
+            two_stage: queries and reference boxes from the best ``num_queries`` encoder
+                proposals of each image instead of learnt queries (needs ``with_box_refine``;
+                the transformer must be built with ``two_stage`` too).
         """
         super().__init__()
         self.backbone, self.in_features = backbone, list(in_features)
@@ -85,9 +90,13 @@ class DeformableDETR(nn.Module):
         )
         self.position_encoding = PositionEmbeddingSine(d // 2, normalize=True, offset=-0.5)
         self.transformer = transformer
-        self.query_embed = nn.Embedding(num_queries, 2 * d)
+        if two_stage != transformer.two_stage:
+            raise ValueError("two_stage must be the same for the model and its transformer")
+        self.two_stage = two_stage
+        if not two_stage:
+            self.query_embed = nn.Embedding(num_queries, 2 * d)
         self.heads = DetrPredictionHeads(
-            d, num_classes, transformer.num_decoder_layers, with_box_refine, prior_prob
+            d, num_classes, transformer.num_decoder_layers, with_box_refine, prior_prob, two_stage
         )
         self.criterion = criterion
         self.num_classes, self.num_queries = num_classes, num_queries
@@ -115,6 +124,7 @@ class DeformableDETR(nn.Module):
             num_feature_levels=c.NUM_FEATURE_LEVELS,
             enc_n_points=c.ENC_N_POINTS,
             dec_n_points=c.DEC_N_POINTS,
+            two_stage=c.TWO_STAGE,
         )
         matcher = HungarianMatcher(
             c.MATCHER.COST_CLASS,
@@ -145,6 +155,7 @@ class DeformableDETR(nn.Module):
             "with_box_refine": c.WITH_BOX_REFINE,
             "prior_prob": c.PRIOR_PROB,
             "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "two_stage": c.TWO_STAGE,
         }
 
     @property
@@ -192,7 +203,15 @@ class DeformableDETR(nn.Module):
         )
         pos = [self.position_encoding(m).to(s.dtype) for s, m in zip(srcs, masks)]
         state = self.transformer.encode(self.transformer.flatten(srcs, masks, pos))
-        logits, boxes, hs = self.decode_with_queries(state, self.query_embed.weight)
+        if self.two_stage:
+            query_embed, reference, enc_logits, enc_boxes = self.select_proposals(state)
+            hs, init_ref, inter_refs = self.transformer.decode(
+                state, query_embed, self.heads.refine_embed, reference
+            )
+            logits, boxes = self.heads(hs, init_ref, inter_refs)
+        else:
+            query_embed, enc_logits, enc_boxes = self.query_embed.weight, None, None
+            logits, boxes, hs = self.decode_with_queries(state, query_embed)
         return DETROutputs(
             pred_logits=logits,
             pred_boxes=boxes,
@@ -200,9 +219,29 @@ class DeformableDETR(nn.Module):
             features=srcs,
             masks=masks,
             encoder=state,
-            query_embed=self.query_embed.weight,
+            query_embed=query_embed,
             image_sizes=[tuple(s) for s in images.image_sizes],
+            enc_logits=enc_logits,
+            enc_boxes=enc_boxes,
         )
+
+    def select_proposals(self, state: EncoderState) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """
+        Two-stage: score every encoder proposal (class 0 of the proposal class head) and keep the
+        best ``num_queries`` of each image as its reference boxes and queries.
+
+        Returns:
+            query_embed (B, N, 2d); reference (B, N, 4) boxes in [0, 1] (no gradient);
+            enc_logits (B, S, C) and enc_boxes (B, S, 4) in [0, 1] of every proposal (their
+            set loss is the ``_enc`` term).
+        """
+        features, proposals = self.transformer.encoder_proposals(state)
+        enc_logits, enc_coords = self.heads.proposals(features, proposals)
+        k = min(self.num_queries, enc_logits.shape[1])
+        top = enc_logits[..., 0].topk(k, dim=1)[1]  # (B, N)
+        coords = enc_coords.gather(1, top[..., None].expand(-1, -1, 4)).detach()
+        query_embed = self.transformer.proposal_queries(coords)
+        return query_embed, coords.sigmoid(), enc_logits, enc_coords.sigmoid()
 
     def decode_with_queries(
         self, state: EncoderState, query_embed: Tensor
@@ -216,6 +255,12 @@ class DeformableDETR(nn.Module):
         Returns:
             logits (K, B, N', C), boxes (K, B, N', 4), hs (K, B, N', d).
         """
+        if self.two_stage:
+            raise ValueError(
+                "decode_with_queries: a two-stage DeformableDETR (MODEL.DEFORMABLE_DETR.TWO_STAGE)"
+                " makes its queries and reference boxes per image from its encoder proposals; it "
+                "cannot decode other queries"
+            )
         if query_embed.shape[-1] != 2 * self.hidden_dim:
             raise ValueError(
                 f"queries of width {query_embed.shape[-1]} given to a decoder of width 2 x "
@@ -315,7 +360,12 @@ class DeformableDETR(nn.Module):
             if "instances" not in batched_inputs[0]:
                 raise ValueError("DeformableDETR training needs 'instances' in the inputs")
             targets = self.prepare_targets([x["instances"] for x in batched_inputs])
-            return self.criterion(out.pred_logits, out.pred_boxes, targets)
+            losses = self.criterion(out.pred_logits, out.pred_boxes, targets)
+            if out.enc_logits is not None:
+                losses.update(
+                    self.criterion.proposal_losses(out.enc_logits, out.enc_boxes, targets)
+                )
+            return losses
         results = self.inference(out.pred_logits[-1], out.pred_boxes[-1], images.image_sizes)
         processed = []
         for r, x, size in zip(results, batched_inputs, images.image_sizes):
