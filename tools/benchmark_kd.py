@@ -173,11 +173,12 @@ def build_step(cfg, mode: str, batch: List[dict]):
     return trainer_step(cfg, model, batch)
 
 
-def trainer_step(cfg, model, batch: List[dict]):
+def trainer_step(cfg, model, batch: List[dict], wrap=None):
     """A no-argument callable running one training step of ``model`` on ``batch``, as
     ``train_net.py`` trains it: Detectron2's ``AMPTrainer`` under ``SOLVER.AMP.ENABLED`` (CUDA
-    only), else ``SimpleTrainer``; the optimizer of ``train_net.py``. ``step.storage`` is the
-    EventStorage the step writes its losses to."""
+    only), else ``SimpleTrainer``; the optimizer of ``train_net.py``, built on ``model`` before
+    ``wrap(model)`` (e.g. DDP) is trained. ``step.storage`` is the EventStorage the step writes
+    its losses to."""
     from detectron2.engine import AMPTrainer, SimpleTrainer
     from detectron2.utils.events import EventStorage
 
@@ -186,7 +187,9 @@ def trainer_step(cfg, model, batch: List[dict]):
     model.train()
     # The same batch every step: data loading is not part of what is measured.
     trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-    trainer = trainer_cls(model, itertools.repeat(batch), build_optimizer(cfg, model))
+    optimizer = build_optimizer(cfg, model)
+    model = wrap(model) if wrap is not None else model
+    trainer = trainer_cls(model, itertools.repeat(batch), optimizer)
     storage = EventStorage(0)
     trainer.storage = storage
 
