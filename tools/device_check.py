@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """
-Check a GPU machine in one command (designed to take under 8 minutes on one H100), before any
-real training: every path that only a GPU exercises, each reported as passed, failed or skipped
-with the reason.
+Check a GPU machine in one command: the paths only a GPU exercises, in under 8 minutes.
+
+Designed for one H100 (not yet run on any GPU), before any real training: each path is reported
+as passed, failed or skipped with the reason.
 
     python tools/device_check.py --output output/device_check.json          # on the GPU machine
     python tools/device_check.py --device cpu --size 256 --iters 1 --warmup 0   # smoke (CI)
@@ -89,6 +90,11 @@ SHAPES_CLASSES = 4
 # Seconds kept for the subprocess checks (each imports Detectron2 and builds the models) when
 # the training cases decide whether the next one still fits in --budget-s.
 RESERVE_S = {"launch": 45, "ddp": 35, "eval": 35, "cuda-tests": 120}
+TIMEOUT_S = {"launch": 240, "ddp": 180, "eval": 180, "cuda-tests": 300}
+# A guess, not a measurement (no GPU has run this yet): seconds per training case on one H100 at
+# 1333 x 800 (building R101 + R50 on the host ~4 s, first steps with cuDNN/cuBLAS set-up ~2 s,
+# 4 teacher passes + 4 steps ~2 s), and the family's student steps once ~5 s.
+GUESS_CASE_S, GUESS_STUDENT_S = 8, 5
 
 
 def image_hw(size: int):
@@ -384,12 +390,12 @@ def prepare_shapes(root: str, size: int, n: int = 4) -> None:
         generate_split(os.path.join(root, "shapes"), split, n, seed=0, image_size=min(size, 512))
 
 
-def check_launch(args, cuda: bool, root: str, env) -> Dict:
+def check_launch(args, cuda: bool, root: str, env, timeout: float) -> Dict:
     out_dir = os.path.join(root, "launch")
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", "1"]
     cmd += ["--config-file", os.path.join(REPO, FAMILIES[args.families[0]][0])]
     cmd += train_net_opts(args, cuda, root, out_dir)
-    res = run_subprocess(cmd, env, timeout=240)
+    res = run_subprocess(cmd, env, timeout)
     res["note"] = (
         "train_net.py --num-gpus 1: Detectron2's launch() runs main() in this one process "
         "(no process group, no DDP); see the ddp check for DDP"
@@ -400,26 +406,26 @@ def check_launch(args, cuda: bool, root: str, env) -> Dict:
     return res
 
 
-def check_eval(args, cuda: bool, root: str, env) -> Dict:
+def check_eval(args, cuda: bool, root: str, env, timeout: float) -> Dict:
     weights = os.path.join(root, "launch", "model_final.pth")
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--eval-only"]
     cmd += ["--config-file", os.path.join(REPO, FAMILIES[args.families[0]][0])]
     cmd += train_net_opts(args, cuda, root, os.path.join(root, "eval"))
     cmd += ["MODEL.WEIGHTS", weights if os.path.isfile(weights) else ""]
-    res = run_subprocess(cmd, env, timeout=180)
+    res = run_subprocess(cmd, env, timeout)
     res["weights"] = weights if os.path.isfile(weights) else "random init (no launch weights)"
     tail = res.get("stdout_tail", "") + res.get("output_tail", "")
     res["results"] = [x.split("copypaste: ")[1] for x in tail.splitlines() if "copypaste: " in x]
     return res
 
 
-def check_ddp(args, root: str, env) -> Dict:
+def check_ddp(args, root: str, env, timeout: float) -> Dict:
     path = os.path.join(root, "ddp.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--ddp-worker", path]
     cmd += ["--device", args.device, "--size", str(args.size), "--iters", str(args.iters)]
     cmd += ["--families", args.families[0], "--opts", *args.opts]
     cmd += ["--teacher-opts", *args.teacher_opts]
-    res = run_subprocess(cmd, env, timeout=180)
+    res = run_subprocess(cmd, env, timeout)
     if os.path.isfile(path):
         with open(path) as f:
             res["result"] = json.load(f)
@@ -431,10 +437,10 @@ def check_ddp(args, root: str, env) -> Dict:
     return res
 
 
-def check_cuda_tests(env) -> Dict:
+def check_cuda_tests(env, timeout: float) -> Dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests", "-q", "-rs"]
     cmd += ["-p", "no:cacheprovider"]
-    res = run_subprocess(cmd, env, timeout=300)
+    res = run_subprocess(cmd, env, timeout)
     lines = [x for x in res.get("stdout_tail", "").splitlines() if x.strip()]
     res["summary"] = lines[-1] if lines else ""
     if res.get("returncode") == 5:
@@ -460,13 +466,19 @@ def run_checks(args, cuda: bool, report: Dict, t_start: float) -> None:
         env = dict(os.environ, DETECTRON2_DATASETS=root)
         env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
         run = {
-            "launch": lambda: check_launch(args, cuda, root, env),
-            "ddp": lambda: check_ddp(args, root, env),
-            "eval": lambda: check_eval(args, cuda, root, env),
-            "cuda-tests": lambda: check_cuda_tests(env),
+            "launch": lambda t: check_launch(args, cuda, root, env, t),
+            "ddp": lambda t: check_ddp(args, root, env, t),
+            "eval": lambda t: check_eval(args, cuda, root, env, t),
+            "cuda-tests": lambda t: check_cuda_tests(env, t),
         }
         for name in wanted:
-            res = run[name]()
+            left = args.budget_s - (time.perf_counter() - t_start)
+            if left < RESERVE_S[name] / 2:
+                why = f"time budget: {left:.0f} s left of --budget-s {args.budget_s:.0f}"
+                report["skipped"].append({"what": name, "reason": why})
+                print(f"[device_check] {name}: skipped ({why})", flush=True)
+                continue
+            res = run[name](min(TIMEOUT_S[name], left + 60))
             report["checks"][name] = res
             print(
                 f"[device_check] {name}: {res['status']} in {res['elapsed_s']:.1f} s "
@@ -638,6 +650,16 @@ def main(argv=None) -> int:
     report.update(iters=args.iters, warmup=args.warmup, batch=BATCH, budget_s=args.budget_s)
     skips = set(args.skip) | (set() if cuda else {"cuda-tests"})
     reserve = sum(s for c, s in RESERVE_S.items() if c not in skips)
+    n_cases = len(args.families) * len(args.precisions)
+    if cuda:
+        guess = n_cases * GUESS_CASE_S + len(args.families) * GUESS_STUDENT_S + reserve
+        report["guess_s"] = guess
+        print(
+            f"[device_check] plan: {n_cases} training cases (~{GUESS_CASE_S} s each, a guess) and "
+            f"{reserve} s of other checks: about {guess / 60:.1f} min; no case starts after "
+            f"--budget-s {args.budget_s:.0f} s minus the checks' share",
+            flush=True,
+        )
     run_cases(args, cuda, report, t_start, reserve)
     run_checks(args, cuda, report, t_start)
     report["elapsed_s"] = time.perf_counter() - t_start
