@@ -633,6 +633,11 @@ def resolve_device(args, report: Dict) -> bool:
 def machine() -> Dict:
     info = bench.machine()
     info["python"] = platform.python_version()
+    try:  # which code was checked
+        git = ["git", "-C", REPO, "rev-parse", "--short", "HEAD"]
+        info["commit"] = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        info["commit"] = None
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
         info["bf16_supported"] = torch.cuda.is_bf16_supported()

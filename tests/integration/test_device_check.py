@@ -42,6 +42,7 @@ def test_smoke_mode_writes_cases_and_skip_reasons(tmp_path):
     assert status == 0 and report["status"] == "ok"
     assert report["device"] == "cpu" and report["amp"] is False and report["image_hw"] == [77, 128]
     assert report["elapsed_s"] > 0 and report["budget_s"] == 480
+    assert "commit" in report["machine"] and "torch" in report["machine"]
     assert [(c["family"], c["precision"]) for c in report["cases"]] == [
         ("FeatureMSE", "fp32"),
         ("PKD", "fp32"),
