@@ -584,6 +584,12 @@ def print_report(report: Dict) -> None:
             f"{_mib(a['peak_mem_bytes']):>8} {_mib(b['peak_mem_bytes']):>8} "
             f"{_mib(c['peak_mem_bytes']):>8} {r.get('reason', '')}"
         )
+    if report["device"] == "cpu":
+        print(
+            "(MiB on the CPU: the resident set of this one process above its level before the "
+            "models were built; freed memory is reused between cases, so these are not the "
+            "cases' needs and can be negative. On a GPU: torch.cuda.max_memory_allocated)"
+        )
     for name, res in report["checks"].items():
         print(f"check {name}: {res['status']} ({res['elapsed_s']:.1f} s) {res.get('reason', '')}")
     for s in report["skipped"]:
