@@ -9,7 +9,7 @@ import os
 import sys
 
 import pytest
-import torch  # noqa: F401  (Detectron2's C extension needs torch's libraries loaded first)
+import torch  # (also: Detectron2's C extension needs torch's libraries loaded first)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,6 +19,16 @@ try:
     D2_ERROR = None
 except ImportError as e:  # pragma: no cover
     D2_ERROR = f"Detectron2 cannot be imported ({e})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped, with the reason printed, where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked cuda: no CUDA device here (torch.cuda.is_available())")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config):

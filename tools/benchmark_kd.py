@@ -35,8 +35,9 @@ logits and box regressions, anchors, DETR outputs), as the losses receive them (
 the tensor that changed most is in the JSON. A random teacher (no weights file) first gets its
 batch norms' statistics from the batch (see ``calibrate_batch_norms``), as a trained one has them.
 
-Training steps are Detectron2's ``SimpleTrainer.run_step`` (forward, backward, metrics, optimizer
-with the config's gradient clipping). Each measurement runs in its own fresh process, so that one
+Training steps are Detectron2's ``SimpleTrainer.run_step`` (``AMPTrainer`` under
+``SOLVER.AMP.ENABLED``, as in ``train_net.py``; forward, backward, metrics, optimizer with the
+config's gradient clipping). Each measurement runs in its own fresh process, so that one
 model's allocations do not hide another's. Times are wall-clock (``perf_counter``, after
 ``torch.cuda.synchronize`` on GPU) and, on CPU, also process CPU time (all threads), which is far
 less affected by other programs sharing the machine. Peak memory: on GPU
@@ -124,12 +125,12 @@ def _cpu_peak() -> Optional[int]:
 
 
 # ----------------------------------------------------------------------------- building
-def kd_cfg(config_file: str, device: str, setting: Optional[str] = None):
-    """The distillation config on ``device`` with the teacher ``setting``; a random teacher where
-    its weights are absent."""
+def kd_cfg(config_file: str, device: str, setting: Optional[str] = None, opts=()):
+    """The distillation config on ``device`` with the teacher ``setting`` (and ``opts``, more
+    overrides); a random teacher where its weights are absent."""
     import train_net
 
-    cfg = train_net.load_cfg(config_file, ["MODEL.DEVICE", device, *setting_opts(setting)])
+    cfg = train_net.load_cfg(config_file, ["MODEL.DEVICE", device, *setting_opts(setting), *opts])
     kd = cfg.MODEL.KD.TEACHER
     kd.OPTS = list(kd.OPTS) + ["MODEL.DEVICE", device]
     if not (kd.WEIGHTS and os.path.isfile(kd.WEIGHTS)):
@@ -156,12 +157,9 @@ def fixed_batch(cfg, root: str) -> List[dict]:
 
 def build_step(cfg, mode: str, batch: List[dict]):
     """A no-argument callable running one step of ``mode`` on ``batch``."""
-    from detectron2.engine import SimpleTrainer
     from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
 
     from d2kd.modeling.distill_detector import build_student
-    from d2kd.solver import build_optimizer  # the optimizer train_net.py uses (AdamW for DETR)
 
     if mode == "teacher":
         # The teacher pass exactly as DistillDetector runs it: its settings, taps recorded,
@@ -172,9 +170,26 @@ def build_step(cfg, mode: str, batch: List[dict]):
     if mode == TAIL:
         return build_tail_step(cfg, batch)
     model = build_student(cfg) if mode == "student" else build_model(cfg)
+    return trainer_step(cfg, model, batch)
+
+
+def trainer_step(cfg, model, batch: List[dict], wrap=None):
+    """A no-argument callable running one training step of ``model`` on ``batch``, as
+    ``train_net.py`` trains it: Detectron2's ``AMPTrainer`` under ``SOLVER.AMP.ENABLED`` (CUDA
+    only), else ``SimpleTrainer``; the optimizer of ``train_net.py``, built on ``model`` before
+    ``wrap(model)`` (e.g. DDP) is trained. ``step.storage`` is the EventStorage the step writes
+    its losses to."""
+    from detectron2.engine import AMPTrainer, SimpleTrainer
+    from detectron2.utils.events import EventStorage
+
+    from d2kd.solver import build_optimizer  # the optimizer train_net.py uses (AdamW for DETR)
+
     model.train()
     # The same batch every step: data loading is not part of what is measured.
-    trainer = SimpleTrainer(model, itertools.repeat(batch), build_optimizer(cfg, model))
+    trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+    optimizer = build_optimizer(cfg, model)
+    model = wrap(model) if wrap is not None else model
+    trainer = trainer_cls(model, itertools.repeat(batch), optimizer)
     storage = EventStorage(0)
     trainer.storage = storage
 
@@ -185,6 +200,7 @@ def build_step(cfg, mode: str, batch: List[dict]):
             trainer.iter += 1
 
     trainer.iter = 0
+    step.storage = storage
     return step
 
 
@@ -233,6 +249,41 @@ def has_tail(config_file: str, device: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- measuring
+def reset_peak(cuda: bool) -> Optional[int]:
+    """Reset the peak-memory counter of the GPU (``cuda``) or of this process; the bytes in use
+    now, the baseline of :func:`peak_since` (None where it cannot be read)."""
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return _reset_cpu_peak()
+
+
+def peak_since(cuda: bool, base: Optional[int]):
+    """(peak bytes above ``base`` since :func:`reset_peak`, what kind of memory it is)."""
+    if cuda:
+        return torch.cuda.max_memory_allocated() - base, "cuda_max_memory_allocated"
+    hwm = _cpu_peak()
+    peak = None if (hwm is None or base is None) else hwm - base
+    return peak, "rss_peak_over_baseline"
+
+
+def time_step(step, reps: int, warmup: int, cuda: bool):
+    """Run ``step()`` ``warmup + reps`` times; (wall seconds, CPU seconds) of the last ``reps``
+    (``perf_counter`` / ``process_time``, after ``torch.cuda.synchronize`` on GPU)."""
+    wall, cpu = [], []
+    for i in range(warmup + reps):
+        if cuda:
+            torch.cuda.synchronize()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
 def measure(
     config_file: str,
     mode: str,
@@ -256,29 +307,10 @@ def measure(
     cuda = cfg.MODEL.DEVICE.startswith("cuda")
     with tempfile.TemporaryDirectory() as root:
         batch = fixed_batch(cfg, root)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_cpu_peak()
+    base = reset_peak(cuda)
     step = build_step(cfg, mode, batch)
-    wall, cpu = [], []
-    for i in range(warmup + reps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-    if cuda:
-        peak, mem_kind = torch.cuda.max_memory_allocated() - base, "cuda_max_memory_allocated"
-    else:
-        hwm = _cpu_peak()
-        peak = None if (hwm is None or base is None) else hwm - base
-        mem_kind = "rss_peak_over_baseline"
+    wall, cpu = time_step(step, reps, warmup, cuda)
+    peak, mem_kind = peak_since(cuda, base)
     kd = cfg.MODEL.KD.TEACHER
     return {
         "wall_s": statistics.median(wall),
