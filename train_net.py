@@ -34,6 +34,7 @@ from d2kd.data import build_train_mapper
 from d2kd.engine import (
     DivergenceHook,
     TeacherEvalHook,
+    check_eval_only_weights,
     check_num_classes,
     check_training_data,
     create_ddp_model,
@@ -128,6 +129,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_eval_only_weights(cfg, args.resume)  # a random model's metrics are no result
         model = Trainer.build_model(cfg)
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS").resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

@@ -2,7 +2,12 @@ from .distributed import create_ddp_model
 from .divergence import DivergenceHook, TrainingDivergedError
 from .hooks import TeacherEvalHook, unwrap_model
 from .run_info import run_info, write_run_info
-from .startup import check_num_classes, check_training_data, setup_d2kd_logger
+from .startup import (
+    check_eval_only_weights,
+    check_num_classes,
+    check_training_data,
+    setup_d2kd_logger,
+)
 
 __all__ = [
     "DivergenceHook",
@@ -12,6 +17,7 @@ __all__ = [
     "unwrap_model",
     "run_info",
     "write_run_info",
+    "check_eval_only_weights",
     "check_num_classes",
     "check_training_data",
     "setup_d2kd_logger",
