@@ -29,7 +29,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 import d2kd  # noqa: F401  (registers d2kd's models and datasets)
-from d2kd.config import get_d2kd_cfg
+from d2kd.config import load_config_file
 from d2kd.data import build_train_mapper
 from d2kd.engine import (
     DivergenceHook,
@@ -106,8 +106,7 @@ class Trainer(DefaultTrainer):
 
 def load_cfg(config_file: str, opts=(), eval_only: bool = False):
     """The (unfrozen) config of ``config_file`` + ``opts``, on the CPU where no GPU is present."""
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(config_file)
+    cfg = load_config_file(config_file)  # safe YAML only: a !!python tag is refused
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("d2kd").warning("No GPU found: MODEL.DEVICE falls back to cpu")

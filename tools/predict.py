@@ -25,10 +25,9 @@ def student_cfg(config_file: str, weights: str, device: str):
     """The frozen config of the model to run: a DistillDetector config becomes its student's."""
     import torch
 
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
 
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(config_file)
+    cfg = load_config_file(config_file)  # safe YAML only: a !!python tag is refused
     if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":
         cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
     cfg.MODEL.WEIGHTS = weights

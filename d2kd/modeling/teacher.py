@@ -106,7 +106,7 @@ def teacher_weights_path(cfg: CfgNode) -> str:
 
 def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's config: d2kd defaults + ``KD.TEACHER.CONFIG_FILE`` + ``KD.TEACHER.OPTS``."""
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
 
     path = cfg.MODEL.KD.TEACHER.CONFIG_FILE
     if not path:
@@ -115,8 +115,7 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
             "config file"
         )
     path = resolve_config_path(path)
-    tcfg = get_d2kd_cfg()
-    tcfg.merge_from_file(path)
+    tcfg = load_config_file(path)  # safe YAML only, _BASE_ chain included
     tcfg.merge_from_list(list(cfg.MODEL.KD.TEACHER.OPTS))
     if tcfg.MODEL.META_ARCHITECTURE == "DistillDetector":
         raise ValueError(

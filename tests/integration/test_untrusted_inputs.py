@@ -27,3 +27,65 @@ def test_eval_only_without_weights_is_refused(tmp_path):
         train_net.main(_args(["--eval-only", *argv, *out]))
     with pytest.raises(ValueError, match=r"MODEL.WEIGHTS.*OUTPUT_DIR .* has none"):
         train_net.main(_args(["--eval-only", "--resume", *argv, *out]))
+
+
+# ----------------------------------------------------------------------------- YAML configs
+def _evil_yaml(tmp_path, marker, base=None):
+    """A config whose SEED is a !!python tag that would create ``marker`` if constructed."""
+    head = f'_BASE_: "{base}"\n' if base else ""
+    path = tmp_path / ("evil_base.yaml" if not base else "evil_leaf.yaml")
+    path.write_text(f"{head}SEED: !!python/object/apply:os.system ['touch {marker}']\n")
+    return str(path)
+
+
+def test_python_yaml_tags_are_refused_everywhere_configs_are_read(tmp_path):
+    from d2kd.config import UnsafeConfigError
+    from d2kd.modeling.teacher import load_teacher_cfg
+
+    from tools.predict import student_cfg
+
+    marker = tmp_path / "MARKER"
+    evil = _evil_yaml(tmp_path, marker)
+    leaf = tmp_path / "leaf.yaml"  # harmless itself; its _BASE_ holds the tag
+    leaf.write_text(f'_BASE_: "{evil}"\nSOLVER:\n  MAX_ITER: 3\n')
+    where = rf"config file {evil}, line 1: refused: .*python/object/apply:os.system"
+    with pytest.raises(UnsafeConfigError, match=where):
+        train_net.setup(_args(["--config-file", evil, "OUTPUT_DIR", str(tmp_path / "o")]))
+    with pytest.raises(UnsafeConfigError, match=where):
+        train_net.load_cfg(str(leaf))
+    with pytest.raises(UnsafeConfigError, match=where):
+        student_cfg(evil, "w.pth", "cpu")
+    kd = train_net.load_cfg(config_path("shapes/kd/mse_retinanet_R18long_to_R18.yaml"))
+    kd.MODEL.KD.TEACHER.CONFIG_FILE = str(leaf)
+    with pytest.raises(UnsafeConfigError, match=where):
+        load_teacher_cfg(kd)
+    assert not marker.exists()
+
+
+def test_detectron2s_arithmetic_eval_tag_is_evaluated_and_nothing_else(tmp_path):
+    from detectron2 import model_zoo
+
+    from d2kd.config import UnsafeConfigError, load_config_file, safe_arithmetic_eval
+
+    zoo = load_config_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    sizes = zoo.MODEL.ANCHOR_GENERATOR.SIZES  # Base-RetinaNet.yaml: !!python/object/apply:eval
+    assert [s[0] for s in sizes] == [32, 64, 128, 256, 512] and sizes[0][1] == 32 * 2 ** (1 / 3)
+    marker = tmp_path / "MARKER"
+    for expr in [
+        f"__import__('os').system('touch {marker}')",
+        "().__class__.__bases__[0].__subclasses__()",
+        "[x for x in open('/etc/passwd')]",
+        "9 ** 9 ** 9",  # would never finish
+        "[0] * 10 ** 9",  # would fill the memory
+    ]:
+        with pytest.raises(ValueError, match="not evaluated|not a Python"):
+            safe_arithmetic_eval(expr)
+        path = tmp_path / "eval.yaml"
+        path.write_text(f'SEED: !!python/object/apply:eval ["{expr}"]\n')
+        with pytest.raises(UnsafeConfigError, match=rf"{path}, line 1: refused"):
+            load_config_file(str(path))
+    assert not marker.exists()
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text('_BASE_: "cycle.yaml"\n')
+    with pytest.raises(UnsafeConfigError, match="_BASE_ cycle"):
+        load_config_file(str(cycle))
