@@ -36,14 +36,33 @@ def student_cfg(config_file: str, weights: str, device: str):
     return cfg
 
 
+def build_predictor(cfg):
+    """
+    Detectron2's ``DefaultPredictor`` (resizing, ``INPUT.FORMAT``, eval mode) for ``cfg``, with
+    ``cfg.MODEL.WEIGHTS`` read by d2kd's :class:`SafeCheckpointer` instead of Detectron2's
+    checkpointer (which unpickles any ``.pkl`` and so runs whatever code the file holds).
+    """
+    from detectron2.engine import DefaultPredictor
+
+    from d2kd.utils.checkpoint import SafeCheckpointer
+
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("--weights is empty: a randomly initialised model predicts nothing useful")
+    unloaded = cfg.clone()
+    unloaded.defrost()
+    unloaded.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; the weights are loaded below
+    predictor = DefaultPredictor(unloaded)
+    SafeCheckpointer(predictor.model, setting="--weights").load(cfg.MODEL.WEIGHTS)
+    return predictor
+
+
 def predict(cfg, inputs, output_dir: str, dataset: str = "", min_score: float = 0.5):
     """Run ``cfg``'s model on every image path of ``inputs``; return the pictures written."""
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
-    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
-    predictor = DefaultPredictor(cfg)  # loads cfg.MODEL.WEIGHTS; reads images in INPUT.FORMAT
+    predictor = build_predictor(cfg)
     name = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
     metadata = MetadataCatalog.get(name) if name else None
     os.makedirs(output_dir, exist_ok=True)

@@ -6,7 +6,8 @@ through PathManager, same model-zoo formats and key conversions) with every file
 :mod:`d2kd.utils.safe_load`: no weight file can execute code, and an unreadable file names the
 setting it came from. d2kd loads every checkpoint through it: the teacher
 (``MODEL.KD.TEACHER.WEIGHTS``), ``MODEL.KD.STUDENT_WEIGHTS``, ``MODEL.WEIGHTS`` (training
-initialisation and ``--eval-only``), ``--resume`` and ``tools/extract_student.py``.
+initialisation and ``--eval-only``), ``--resume``, ``tools/extract_student.py`` and
+``tools/predict.py --weights``.
 """
 
 import os

@@ -3,6 +3,8 @@ Issue 21: nothing runs code, nothing hangs, nothing stops silently. Each test bu
 input itself; a code-execution attempt would create a marker file that must never appear.
 """
 
+import os
+
 import pytest
 
 pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
@@ -89,3 +91,36 @@ def test_detectron2s_arithmetic_eval_tag_is_evaluated_and_nothing_else(tmp_path)
     cycle.write_text('_BASE_: "cycle.yaml"\n')
     with pytest.raises(UnsafeConfigError, match="_BASE_ cycle"):
         load_config_file(str(cycle))
+
+
+# ----------------------------------------------------------------------------- weights
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_predict_tool_reads_weights_safely(tmp_path):
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from d2kd.utils.safe_load import UnsafeCheckpointError
+
+    from tools.predict import main as predict_main
+
+    marker = tmp_path / "MARKER"
+    evil_pth, evil_pkl = tmp_path / "evil.pth", tmp_path / "evil.pkl"
+    torch.save({"model": {"w": torch.zeros(1)}, "x": _Payload(marker)}, evil_pth)
+    with open(evil_pkl, "wb") as f:
+        pickle.dump({"model": {"w": np.zeros(1)}, "x": _Payload(marker)}, f, protocol=2)
+    argv = ["--config-file", PLAIN, "--input", "absent.png", "--output", str(tmp_path / "o")]
+    for path in (evil_pkl, evil_pth):
+        with pytest.raises(UnsafeCheckpointError) as e:
+            predict_main([*argv, "--device", "cpu", "--weights", str(path)])
+        assert "--weights" in str(e.value) and str(path) in str(e.value)
+        assert "system" in str(e.value) and "weights_only=False" not in str(e.value)
+    assert not marker.exists()
