@@ -69,7 +69,11 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(
-            model, cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS", trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            setting="MODEL.WEIGHTS",
+            download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -130,9 +134,12 @@ def main(args):
     if args.eval_only:
         check_eval_only_weights(cfg, args.resume)  # a random model's metrics are no result
         model = Trainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS").resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        SafeCheckpointer(
+            model,
+            save_dir=cfg.OUTPUT_DIR,
+            setting="MODEL.WEIGHTS",
+            download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT,
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

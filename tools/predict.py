@@ -52,7 +52,9 @@ def build_predictor(cfg):
     unloaded.defrost()
     unloaded.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; the weights are loaded below
     predictor = DefaultPredictor(unloaded)
-    SafeCheckpointer(predictor.model, setting="--weights").load(cfg.MODEL.WEIGHTS)
+    SafeCheckpointer(
+        predictor.model, setting="--weights", download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT
+    ).load(cfg.MODEL.WEIGHTS)
     return predictor
 
 

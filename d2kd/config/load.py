@@ -141,8 +141,10 @@ def _where(err: yaml.MarkedYAMLError, path: str) -> str:
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
+    from d2kd.utils.checkpoint import DEFAULT_DOWNLOAD_TIMEOUT, _socket_timeout
+
     try:
-        with PathManager.open(path, "r") as f:
+        with _socket_timeout(DEFAULT_DOWNLOAD_TIMEOUT), PathManager.open(path, "r") as f:
             data = yaml.load(f, Loader=_ConfigLoader)
     except yaml.constructor.ConstructorError as e:
         raise UnsafeConfigError(

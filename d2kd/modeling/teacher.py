@@ -18,7 +18,11 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..utils.checkpoint import ReportingCheckpointer, describe_incompatible
+from ..utils.checkpoint import (
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    ReportingCheckpointer,
+    describe_incompatible,
+)
 
 __all__ = [
     "resolve_config_path",
@@ -140,7 +144,9 @@ def _refuse_distillation_checkpoint(path: str, incompatible) -> None:
         )
 
 
-def load_teacher_weights(teacher: nn.Module, path: str) -> None:
+def load_teacher_weights(
+    teacher: nn.Module, path: str, download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
+) -> None:
     """
     Load ``path`` (any form Detectron2's checkpointer takes: local path, ``detectron2://``,
     ``https://``, another PathManager prefix) into ``teacher``, strictly and without executing
@@ -151,7 +157,9 @@ def load_teacher_weights(teacher: nn.Module, path: str) -> None:
         UnsafeCheckpointError / BrokenCheckpointError: see :mod:`d2kd.utils.safe_load`.
         ValueError: some keys are missing, unexpected or of the wrong shape (all are named).
     """
-    checkpointer = ReportingCheckpointer(teacher, setting=SETTING)  # checks existence first
+    checkpointer = ReportingCheckpointer(  # checks existence first
+        teacher, setting=SETTING, download_timeout=download_timeout
+    )
     checkpointer.load(path)
     incompatible = checkpointer.incompatible
     if incompatible is None:
@@ -186,7 +194,7 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
     if kd.LOAD_WEIGHTS:
         weights = teacher_weights_path(cfg)
         if weights:
-            load_teacher_weights(teacher, weights)
+            load_teacher_weights(teacher, weights, cfg.MODEL.DOWNLOAD_TIMEOUT)
         elif not kd.ALLOW_RANDOM_INIT:
             raise ValueError(
                 "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "

@@ -124,3 +124,55 @@ def test_predict_tool_reads_weights_safely(tmp_path):
         assert "--weights" in str(e.value) and str(path) in str(e.value)
         assert "system" in str(e.value) and "weights_only=False" not in str(e.value)
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- downloads
+@pytest.fixture
+def silent_server():
+    """A loopback HTTP 'server' that accepts connections and never answers: its URL."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # keep it open, send nothing
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held + [server]:
+        conn.close()
+
+
+def test_a_stalled_teacher_download_fails_naming_the_url_and_the_setting(
+    silent_server, tmp_path, monkeypatch
+):
+    import time
+
+    from detectron2.modeling import build_model
+
+    from tests.integration.common import tiny_cfg
+
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("no_proxy", "*")  # loopback only, never through a proxy
+    url = f"{silent_server}/teacher_{tmp_path.name}.pth"
+    cfg = tiny_cfg("shapes/kd/mse_retinanet_R18long_to_R18.yaml")
+    cfg.merge_from_list(["MODEL.KD.TEACHER.WEIGHTS", url, "MODEL.DOWNLOAD_TIMEOUT", 0.5])
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as e:
+        build_model(cfg)
+    assert time.monotonic() - start < 30
+    msg = str(e.value)
+    assert msg.startswith(f"MODEL.KD.TEACHER.WEIGHTS: downloading {url} stalled")
+    assert "nothing for 0.5 s" in msg and "MODEL.DOWNLOAD_TIMEOUT" in msg
