@@ -36,6 +36,7 @@ from d2kd.engine import (
     TeacherEvalHook,
     check_eval_only_weights,
     check_num_classes,
+    check_resumed_teacher,
     check_training_data,
     create_ddp_model,
     setup_d2kd_logger,
@@ -146,6 +147,8 @@ def main(args):
         return res
 
     check_training_data(cfg)  # stops before the first iteration on bad annotations
+    if args.resume:  # the teacher file must be the one the run started with
+        check_resumed_teacher(cfg, os.path.join(cfg.OUTPUT_DIR, "run_info.json"))
     trainer = Trainer(cfg)
     check_num_classes(cfg, trainer.model)
     trainer.resume_or_load(resume=args.resume)

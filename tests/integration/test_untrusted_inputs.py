@@ -176,3 +176,53 @@ def test_a_stalled_teacher_download_fails_naming_the_url_and_the_setting(
     msg = str(e.value)
     assert msg.startswith(f"MODEL.KD.TEACHER.WEIGHTS: downloading {url} stalled")
     assert "nothing for 0.5 s" in msg and "MODEL.DOWNLOAD_TIMEOUT" in msg
+
+
+# ----------------------------------------------------------------------------- --resume
+def test_resume_refuses_a_changed_teacher_file(tmp_path):
+    import json
+
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    from d2kd.data import register_shapes
+    from d2kd.engine import check_resumed_teacher
+
+    from tests.integration.common import tiny_cfg
+
+    if "ui_train" not in DatasetCatalog.list():
+        register_shapes("ui_train", str(tmp_path / "shapes"), "train", 2)
+    tiny = [
+        "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.RETINANET.NUM_CONVS", 1,
+        "INPUT.MIN_SIZE_TRAIN", (32,), "INPUT.MAX_SIZE_TRAIN", 32,
+    ]  # fmt: skip
+    teacher_opts = ["MODEL.KD.TEACHER.OPTS", ["MODEL.DEVICE", "cpu", *tiny]]
+    kd_config = "shapes/kd/mse_retinanet_R18long_to_R18.yaml"
+    teacher = build_model(tiny_cfg(kd_config, [*tiny, *teacher_opts])).teacher
+    weights = tmp_path / "teacher.pth"
+    torch.save({"model": teacher.state_dict()}, weights)
+    argv = [
+        "--config-file", config_path(kd_config), *tiny, *teacher_opts,
+        "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "('ui_train',)", "DATASETS.TEST", "()",
+        "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 1, "SOLVER.WARMUP_ITERS", 0,
+        "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", 0, "DATASETS.CHECK.ENABLED", False,
+        "MODEL.KD.TEACHER.CONFIG_FILE", config_path("shapes/retinanet_R18_long.yaml"),
+        "MODEL.KD.TEACHER.WEIGHTS", weights, "OUTPUT_DIR", tmp_path / "run",
+    ]  # fmt: skip
+    train_net.main(_args(argv))
+    info = json.load(open(tmp_path / "run" / "run_info.json"))
+    first = info["teacher_weights_sha256"]
+    assert len(first) == 64
+
+    with torch.no_grad():
+        teacher.head.cls_score.bias.add_(1.0)  # another teacher, same file name
+    torch.save({"model": teacher.state_dict()}, weights)
+    with pytest.raises(ValueError) as e:
+        train_net.main(_args(["--resume", *argv]))
+    msg = str(e.value)
+    assert str(weights) in msg and first in msg and "MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS" in msg
+    assert json.load(open(tmp_path / "run" / "run_info.json"))["teacher_weights_sha256"] == first
+    allow = ["MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS", True]
+    allowed = train_net.setup(_args(["--resume", *argv, *allow]))
+    check_resumed_teacher(allowed, str(tmp_path / "run" / "run_info.json"))  # warns only
