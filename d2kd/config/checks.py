@@ -19,7 +19,9 @@ def add_checks_config(cfg: CN) -> None:
     _C.DATASETS.CHECK.ENABLED = True
     # A box may extend this many pixels beyond its image before it counts as partly outside.
     _C.DATASETS.CHECK.OUTSIDE_TOLERANCE = 1.0
-    # Open every image header (existence and recorded size). Slow on network file systems.
+    # Open every image: existence, recorded size, and a whole file (JPEG/PNG: the end marker in
+    # the last 1 KiB; other formats decoded in full). About 0.2-0.3 ms per 640x480 JPEG on a
+    # local disk; slow on network file systems.
     _C.DATASETS.CHECK.IMAGES = True
 
     # Stop training when a loss term is non-finite or exceeds FACTOR x its lowest running median
