@@ -84,3 +84,15 @@ def test_pgd_coco_configs_carry_the_rescaled_reference_weights():
         30,
     )
     assert (atss.ALPHA, atss.BETA, atss.GAMMA, atss.TOPK) == (0.32, 0.16, 0.128, 9)
+
+
+SHAPES = [p for p in CONFIGS if os.sep + "shapes" + os.sep in p]
+
+
+def test_a_killed_shapes_run_keeps_an_intermediate_checkpoint():
+    """--resume is useful only with a checkpoint before model_final (issue 21: the period was
+    100000 for runs of 600-1000 iterations)."""
+    assert len(SHAPES) > 20
+    for path in SHAPES:
+        solver = _merge(path).SOLVER
+        assert solver.CHECKPOINT_PERIOD <= solver.MAX_ITER // 2, os.path.relpath(path, REPO)
