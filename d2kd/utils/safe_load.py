@@ -195,6 +195,24 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+def _crafted(
+    setting: str, filename: str, source: Optional[str], e: BaseException
+) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{_where(setting, filename, source)} refused: {e}; NumPy's own pickles never ask for "
+        "this (the file is crafted, and loading it could read memory as Python objects)"
+    )
+
+
+def _refused_in(e: Optional[BaseException]) -> Optional[BaseException]:
+    """The :class:`_Refused` behind ``e`` (PyTorch re-raises it as its own error), or None."""
+    for _ in range(8):
+        if e is None or isinstance(e, _Refused):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _broken(
     setting: str, filename: str, source: Optional[str], reason: str
 ) -> BrokenCheckpointError:
@@ -235,10 +253,7 @@ def restricted_pickle_load(
     except UnsafeCheckpointError:
         raise
     except _Refused as e:
-        raise UnsafeCheckpointError(
-            f"{_where(setting, filename, source)} refused: {e}; NumPy's own pickles never ask for "
-            "this (the file is crafted, and loading it could read memory as Python objects)"
-        ) from None
+        raise _crafted(setting, filename, source, e) from None
     except Exception as e:  # random bytes fail in any of many ways; all mean "not a pickle"
         reason = (
             "it ends too early (truncated)"
@@ -252,18 +267,24 @@ def restricted_pickle_load(
 
 
 def _numpy_globals() -> list:
-    """What a .pth holding NumPy arrays (some converted checkpoints do) needs beyond tensors."""
+    """What a .pth holding NumPy arrays (some converted checkpoints do) needs beyond tensors, for
+    ``torch.serialization.safe_globals``: the same wrapped functions as the ``.pkl`` reader,
+    under NumPy 1.x and 2.x names. ``numpy.ndarray`` resolves to the stand-in that cannot be
+    called; the class itself is listed under a name no GLOBAL opcode can spell (it holds a
+    newline) so that PyTorch's loader lets ``__setstate__`` fill the arrays ``_reconstruct``
+    builds, and nothing else."""
     import numpy
 
-    core = getattr(numpy, "_core", None) or numpy.core
+    named = [(_NDARRAY, "numpy.ndarray"), (numpy.ndarray, "d2kd\nnumpy.ndarray, built only")]
+    for prefix in _NUMPY_PREFIXES:
+        named += [
+            (_reconstruct, prefix + "multiarray._reconstruct"),
+            (_numpy_core().multiarray.scalar, prefix + "multiarray.scalar"),
+            (_frombuffer, prefix + "numeric._frombuffer"),
+        ]
+    named += [(_BUILD["bytes"], "__builtin__.bytes"), (_BUILD["bytes"], "builtins.bytes")]
     dtypes = [type(numpy.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")]
-    return [
-        core.multiarray._reconstruct,
-        core.multiarray.scalar,
-        numpy.ndarray,
-        numpy.dtype,
-        *dtypes,
-    ]
+    return [*named, numpy.dtype, *dtypes]
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -286,6 +307,9 @@ def safe_torch_load(filename: str, setting: str, source: Optional[str] = None) -
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        refused = _refused_in(e)
+        if refused is not None:
+            raise _crafted(setting, filename, source, refused) from None
         msg = str(e)
         m = _GLOBAL.search(msg)
         if m:

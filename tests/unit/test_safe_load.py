@@ -232,3 +232,17 @@ def test_numpy_frombuffer_builds_arrays_and_nothing_else(tmp_path, call):
     path.write_bytes(pickle.dumps({"x": _Call(*call)}, protocol=2))
     with pytest.raises(UnsafeCheckpointError, match=r"MODEL.WEIGHTS: .*crafted.pkl refused"):
         restricted_pickle_load(str(path), "MODEL.WEIGHTS")
+
+
+def test_a_pth_holding_numpy_arrays_loads_and_ndarray_is_not_called(tmp_path):
+    """torch.save writes protocol 2: an empty array needs ``bytes``; numpy.ndarray itself must
+    not be callable there either (zero bytes here: null pointers, harmless, but it loaded)."""
+    path = tmp_path / "arrays.pth"
+    ref = {k: v for k, v in _numpy_zoo().items() if k not in ("record", "big_endian")}
+    torch.save(ref, path)
+    got = safe_torch_load(str(path), "MODEL.WEIGHTS")
+    assert [k for k in ref if not _equal(ref[k], got[k])] == []
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"x": _Call(np.ndarray, ((2,), "O", b"\0" * 16))}, crafted)
+    with pytest.raises(UnsafeCheckpointError, match=r"crafted.pth refused: numpy.ndarray"):
+        safe_torch_load(str(crafted), "MODEL.WEIGHTS")
