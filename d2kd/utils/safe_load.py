@@ -283,8 +283,11 @@ def _numpy_globals() -> list:
             (_frombuffer, prefix + "numeric._frombuffer"),
         ]
     named += [(_BUILD["bytes"], "__builtin__.bytes"), (_BUILD["bytes"], "builtins.bytes")]
-    dtypes = [type(numpy.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")]
-    return [*named, numpy.dtype, *dtypes]
+    dtypes = {type(numpy.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")}
+    module = getattr(numpy, "dtypes", None)  # NumPy >= 1.25: every dtype class, as for .pkl
+    names = dir(module) if module is not None else []
+    dtypes |= {getattr(module, n) for n in names if _NUMPY_DTYPE_CLASSES.match(n)}
+    return [*named, numpy.dtype, *sorted(dtypes, key=lambda c: c.__name__)]
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
