@@ -29,12 +29,14 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 import d2kd  # noqa: F401  (registers d2kd's models and datasets)
-from d2kd.config import get_d2kd_cfg
+from d2kd.config import load_config_file
 from d2kd.data import build_train_mapper
 from d2kd.engine import (
     DivergenceHook,
     TeacherEvalHook,
+    check_eval_only_weights,
     check_num_classes,
+    check_resumed_teacher,
     check_training_data,
     create_ddp_model,
     setup_d2kd_logger,
@@ -68,7 +70,11 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(
-            model, cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS", trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            setting="MODEL.WEIGHTS",
+            download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT,
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -105,8 +111,7 @@ class Trainer(DefaultTrainer):
 
 def load_cfg(config_file: str, opts=(), eval_only: bool = False):
     """The (unfrozen) config of ``config_file`` + ``opts``, on the CPU where no GPU is present."""
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(config_file)
+    cfg = load_config_file(config_file)  # safe YAML only: a !!python tag is refused
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger("d2kd").warning("No GPU found: MODEL.DEVICE falls back to cpu")
@@ -128,16 +133,22 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        check_eval_only_weights(cfg, args.resume)  # a random model's metrics are no result
         model = Trainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, setting="MODEL.WEIGHTS").resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        SafeCheckpointer(
+            model,
+            save_dir=cfg.OUTPUT_DIR,
+            setting="MODEL.WEIGHTS",
+            download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT,
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
 
     check_training_data(cfg)  # stops before the first iteration on bad annotations
+    if args.resume:  # the teacher file must be the one the run started with
+        check_resumed_teacher(cfg, os.path.join(cfg.OUTPUT_DIR, "run_info.json"))
     trainer = Trainer(cfg)
     check_num_classes(cfg, trainer.model)
     trainer.resume_or_load(resume=args.resume)

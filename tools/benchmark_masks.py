@@ -23,7 +23,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 import d2kd  # noqa: E402,F401  (registration)
-from d2kd.config import get_d2kd_cfg  # noqa: E402
+from d2kd.config import load_config_file  # noqa: E402
 from d2kd.methods.fgd.mask import GTBoxMaskGenerator  # noqa: E402
 from d2kd.methods.pgd.mask import PGWMaskGenerator  # noqa: E402
 from d2kd.modeling.record import DistillRecord  # noqa: E402
@@ -90,8 +90,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(args.config_file)
+    cfg = load_config_file(args.config_file)
     cfg.merge_from_list(list(args.opts))
     cfg.MODEL.DEVICE = args.device
     device = torch.device(args.device)

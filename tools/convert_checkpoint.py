@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import d2kd.modeling  # noqa: E402,F401  (registers the meta-architectures)
-from d2kd.config import get_d2kd_cfg  # noqa: E402
+from d2kd.config import load_config_file  # noqa: E402
 from d2kd.convert import CONVERTERS  # noqa: E402
 from d2kd.modeling.foreign_weights import convert_checkpoint_file  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
@@ -41,8 +41,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from detectron2.modeling import build_model
 
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(resolve_config_path(args.config, "--config"))
+    cfg = load_config_file(resolve_config_path(args.config, "--config"))  # safe YAML only
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)

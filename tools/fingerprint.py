@@ -97,10 +97,9 @@ def _unnamed_digest(tensors) -> str:
 
 
 def _cfg(config_file: str, opts: List):
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
 
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config_file))
+    cfg = load_config_file(os.path.join(REPO, config_file))
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATALOADER.NUM_WORKERS = 0
     if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":

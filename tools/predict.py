@@ -25,10 +25,9 @@ def student_cfg(config_file: str, weights: str, device: str):
     """The frozen config of the model to run: a DistillDetector config becomes its student's."""
     import torch
 
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
 
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(config_file)
+    cfg = load_config_file(config_file)  # safe YAML only: a !!python tag is refused
     if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":
         cfg.MODEL.META_ARCHITECTURE = cfg.MODEL.KD.STUDENT_META_ARCHITECTURE
     cfg.MODEL.WEIGHTS = weights
@@ -37,14 +36,35 @@ def student_cfg(config_file: str, weights: str, device: str):
     return cfg
 
 
+def build_predictor(cfg):
+    """
+    Detectron2's ``DefaultPredictor`` (resizing, ``INPUT.FORMAT``, eval mode) for ``cfg``, with
+    ``cfg.MODEL.WEIGHTS`` read by d2kd's :class:`SafeCheckpointer` instead of Detectron2's
+    checkpointer (which unpickles any ``.pkl`` and so runs whatever code the file holds).
+    """
+    from detectron2.engine import DefaultPredictor
+
+    from d2kd.utils.checkpoint import SafeCheckpointer
+
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("--weights is empty: a randomly initialised model predicts nothing useful")
+    unloaded = cfg.clone()
+    unloaded.defrost()
+    unloaded.MODEL.WEIGHTS = ""  # DefaultPredictor loads nothing; the weights are loaded below
+    predictor = DefaultPredictor(unloaded)
+    SafeCheckpointer(
+        predictor.model, setting="--weights", download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT
+    ).load(cfg.MODEL.WEIGHTS)
+    return predictor
+
+
 def predict(cfg, inputs, output_dir: str, dataset: str = "", min_score: float = 0.5):
     """Run ``cfg``'s model on every image path of ``inputs``; return the pictures written."""
     from detectron2.data import MetadataCatalog
     from detectron2.data.detection_utils import read_image
-    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
-    predictor = DefaultPredictor(cfg)  # loads cfg.MODEL.WEIGHTS; reads images in INPUT.FORMAT
+    predictor = build_predictor(cfg)
     name = dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
     metadata = MetadataCatalog.get(name) if name else None
     os.makedirs(output_dir, exist_ok=True)

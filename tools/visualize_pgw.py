@@ -35,7 +35,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BoxMode, Instances  # noqa: E402
 
 import d2kd  # noqa: E402,F401  (registers d2kd's detectors, datasets and mask generators)
-from d2kd.config import get_d2kd_cfg  # noqa: E402
+from d2kd.config import load_config_file  # noqa: E402
 from d2kd.methods.pgd.mask import PGWMaskGenerator  # noqa: E402
 from d2kd.modeling.teacher import freeze, load_teacher_weights, run_teacher  # noqa: E402
 
@@ -115,8 +115,7 @@ def draw_boxes(image_bgr: np.ndarray, gt: Instances) -> np.ndarray:
 
 def visualize(args) -> List[str]:
     """Run the teacher, compute the maps, write the PNGs; returns the paths written."""
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(args.config_file)
+    cfg = load_config_file(args.config_file)
     cfg.merge_from_list(list(args.opts))
     cfg.MODEL.DEVICE = args.device
     teacher = build_model(cfg)

@@ -7,6 +7,9 @@ One file per node: ``kd`` (``MODEL.KD``, the framework), one per method (``featu
 (``detectors``, ``deformable_detr``, ``backbones``, ``foreign``: options that reproduce other
 frameworks' models). The nodes stay here rather than in the method
 folders so that ``modeling/teacher.py``, which builds configs, never imports ``d2kd.methods``.
+
+``load`` reads YAML config files safely (no ``!!python`` tag runs): every config d2kd merges goes
+through :func:`load_config_file` / :func:`merge_config_file`.
 """
 
 from detectron2.config import CfgNode as CN
@@ -23,10 +26,18 @@ from .fgd import add_fgd_config
 from .foreign import add_foreign_model_config
 from .kd import add_kd_config
 from .ld import add_ld_config
+from .load import UnsafeConfigError, merge_config_file, safe_arithmetic_eval
 from .pgd import add_pgd_config
 from .pkd import add_pkd_config
 
-__all__ = ["add_d2kd_config", "get_d2kd_cfg"]
+__all__ = [
+    "add_d2kd_config",
+    "get_d2kd_cfg",
+    "load_config_file",
+    "merge_config_file",
+    "UnsafeConfigError",
+    "safe_arithmetic_eval",
+]
 
 
 def add_d2kd_config(cfg: CN) -> None:
@@ -57,3 +68,8 @@ def get_d2kd_cfg() -> CN:
     cfg = get_cfg()
     add_d2kd_config(cfg)
     return cfg
+
+
+def load_config_file(path: str) -> CN:
+    """d2kd's defaults + the YAML config ``path``, merged safely (:func:`merge_config_file`)."""
+    return merge_config_file(get_d2kd_cfg(), path)

@@ -41,6 +41,10 @@ def add_kd_config(cfg: CN) -> None:
     _C.MODEL.KD.TEACHER.ALLOW_PYTHON_CONFIG = False
     # A teacher without weights is almost always a mistake; allow it only for tests/benchmarks.
     _C.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = False
+    # run_info.json records the sha256 of the teacher's weights file; --resume refuses a teacher
+    # file whose checksum differs from the one the run started with, unless this is True (then
+    # it warns): a resumed run would otherwise distil from another teacher without a word.
+    _C.MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS = False
     # Load the teacher weights when the model is built. train_net.py turns this off for
     # --eval-only, where only the student runs (the teacher architecture is still built so that
     # distillation-loss parameters in the checkpoint have a home).

@@ -17,7 +17,7 @@ else:
     from . import builtin  # noqa: F401  (registration side effect)
     from .builtin import register_shapes, shapes_root
     from .crowdhuman import CROWDHUMAN_CLASSES, load_crowdhuman, register_crowdhuman
-    from .detr_mapper import DetrDatasetMapper, build_train_mapper
+    from .detr_mapper import DetrDatasetMapper, ImageReadError, build_train_mapper
     from .odgt import read_odgt
 
     __all__ += [
@@ -28,5 +28,6 @@ else:
         "register_crowdhuman",
         "read_odgt",
         "DetrDatasetMapper",
+        "ImageReadError",
         "build_train_mapper",
     ]

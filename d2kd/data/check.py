@@ -12,8 +12,11 @@ checked, because Detectron2's loader already alters what it cannot read (an anno
 their registered dicts. Errors (the run would train on wrong data or crash): an annotation
 without a box, a box that is not 4 finite numbers, a non-positive width or height, a box entirely
 outside its image, an unknown category id, an annotation of an unknown image, a missing or
-unreadable image file, an image whose size differs from its record. Counted and logged only:
-boxes partly outside their image (by more than the tolerance) and images without annotations.
+unreadable image file (a header Pillow cannot parse, or a truncated file: JPEG and PNG files must
+end with their end marker, checked on the last 1 KiB; a file that does not, and every image of
+another format, is decoded in full), an image whose size differs from its record. Counted and
+logged only: boxes partly outside their image (by more than the tolerance) and images without
+annotations.
 """
 
 import json
@@ -28,7 +31,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .odgt import read_image_size
+from .odgt import _TRANSPOSING_ORIENTATIONS
 
 __all__ = [
     "Problem",
@@ -206,12 +209,39 @@ def _box_problem(bbox, width, height, tolerance: float) -> Optional[Tuple[str, s
     return None
 
 
+# The last bytes of a whole file: JPEG's end-of-image marker, PNG's IEND chunk (length 0, CRC).
+_FILE_ENDS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"\x00\x00\x00\x00IEND\xaeB`\x82"}
+
+
+def _ends_whole(f, fmt: str) -> bool:
+    """Whether ``f`` (a JPEG or PNG) ends as a whole file of its format does (trailing zero
+    padding allowed): a truncated file does not. Reads the last 1 KiB only."""
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - 1024))
+    return f.read().rstrip(b"\x00").endswith(_FILE_ENDS[fmt])
+
+
+def _read_image(f) -> Tuple[int, int, str]:
+    """(height, width, format) of the open image file ``f``, the whole file decoded where the
+    format has no cheap end check (or the check fails): a truncated image raises."""
+    from PIL import Image
+
+    with Image.open(f) as img:  # one open: size, orientation as read_image_size, then the end
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in _TRANSPOSING_ORIENTATIONS:
+            h, w = w, h
+        fmt = img.format or ""
+        if not (fmt in _FILE_ENDS and _ends_whole(f, fmt)):
+            img.load()  # full decode: raises "image file is truncated" as the data loader would
+    return h, w, fmt
+
+
 def _check_image_file(path: str, height, width) -> Optional[Tuple[str, str]]:
     if not PathManager.exists(path):
         return "missing_image", f"image file {path} not found"
     try:
         with PathManager.open(path, "rb") as f:
-            h, w = read_image_size(f)
+            h, w, _ = _read_image(f)
     except Exception as e:  # any decoder error: the data loader would fail on this file
         return "unreadable_image", f"image file {path} cannot be read ({e})"
     if height and width and (h, w) != (height, width):
@@ -324,7 +354,7 @@ def check_dataset(name: str, tolerance: float = 1.0, check_images: bool = True) 
 
     Args:
         tolerance: pixels a box may extend beyond its image before it counts as partly outside.
-        check_images: open every image header (existence and size).
+        check_images: open every image (existence, size, truncation).
     """
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file", None)

@@ -1,6 +1,7 @@
 """
 DETR's training augmentation as a Detectron2 dataset mapper, and the config switch that picks
-the train-time mapper (``INPUT.DATASET_MAPPER_NAME``).
+the train-time mapper (``INPUT.DATASET_MAPPER_NAME``). Both train-time mappers name the file and
+the image id of an image they cannot read (:class:`ImageReadError`).
 
 DETR / Deformable DETR train with: random flip, then either (p = 0.5) the multi-scale resize,
 or (p = 0.5) a resize of the shorter side to one of ``INPUT.DETR_CROP_RESIZE``, a random crop
@@ -14,10 +15,43 @@ from detectron2.config import CfgNode, configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 
-__all__ = ["DetrDatasetMapper", "build_train_mapper", "TRAIN_MAPPERS"]
+__all__ = [
+    "DetrDatasetMapper",
+    "NamedReadErrorsMapper",
+    "ImageReadError",
+    "build_train_mapper",
+    "TRAIN_MAPPERS",
+]
 
 
-class DetrDatasetMapper(DatasetMapper):
+class ImageReadError(OSError):
+    """An image of the training set cannot be read (the message names the file and image id)."""
+
+
+class _NamesReadErrors:
+    """Mixin for a :class:`DatasetMapper`: an image that cannot be read (Pillow's OSError, e.g.
+    "image file is truncated", or its SyntaxError for a broken PNG) raises
+    :class:`ImageReadError` naming the file and the image id instead of Pillow's bare message."""
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError) as e:
+            if isinstance(e, ImageReadError):
+                raise
+            raise ImageReadError(
+                f"image file {dataset_dict.get('file_name')} (image id "
+                f"{dataset_dict.get('image_id')}) cannot be read: {type(e).__name__}: {e}. "
+                "python tools/check_dataset.py NAME lists every unreadable image of a dataset"
+            ) from e
+
+
+class NamedReadErrorsMapper(_NamesReadErrors, DatasetMapper):
+    """Detectron2's :class:`DatasetMapper`, naming the file and image id of an unreadable
+    image."""
+
+
+class DetrDatasetMapper(_NamesReadErrors, DatasetMapper):
     """:class:`DatasetMapper` whose training augmentation is DETR's (see the module docstring)."""
 
     @configurable
@@ -59,7 +93,7 @@ class DetrDatasetMapper(DatasetMapper):
         return super().__call__(dataset_dict)
 
 
-TRAIN_MAPPERS = {"DatasetMapper": DatasetMapper, "DetrDatasetMapper": DetrDatasetMapper}
+TRAIN_MAPPERS = {"DatasetMapper": NamedReadErrorsMapper, "DetrDatasetMapper": DetrDatasetMapper}
 
 
 def build_train_mapper(cfg: CfgNode) -> DatasetMapper:

@@ -1,8 +1,13 @@
 from .distributed import create_ddp_model
 from .divergence import DivergenceHook, TrainingDivergedError
 from .hooks import TeacherEvalHook, unwrap_model
-from .run_info import run_info, write_run_info
-from .startup import check_num_classes, check_training_data, setup_d2kd_logger
+from .run_info import check_resumed_teacher, run_info, write_run_info
+from .startup import (
+    check_eval_only_weights,
+    check_num_classes,
+    check_training_data,
+    setup_d2kd_logger,
+)
 
 __all__ = [
     "DivergenceHook",
@@ -11,7 +16,9 @@ __all__ = [
     "create_ddp_model",
     "unwrap_model",
     "run_info",
+    "check_resumed_teacher",
     "write_run_info",
+    "check_eval_only_weights",
     "check_num_classes",
     "check_training_data",
     "setup_d2kd_logger",

@@ -1,12 +1,17 @@
 """Run metadata written next to the checkpoints, so that a result can be traced and reproduced."""
 
+import hashlib
 import json
+import logging
 import os
 import subprocess
+from typing import Optional
 
 import torch
 
-__all__ = ["run_info", "write_run_info"]
+__all__ = ["run_info", "write_run_info", "teacher_weights_sha256", "check_resumed_teacher"]
+
+logger = logging.getLogger(__name__)
 
 
 def _git_commit(path: str) -> str:
@@ -25,6 +30,71 @@ def _teacher_weights(cfg) -> str:
     return teacher_weights_path(cfg)  # the zoo URL under MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_weights_sha256(cfg) -> Optional[str]:
+    """sha256 of the local copy of the teacher's weights file (a URL's cached download); None
+    when the config distils from no weights file."""
+    from d2kd.utils.checkpoint import local_weights_path
+
+    kd = cfg.MODEL.KD.TEACHER
+    path = _teacher_weights(cfg) if cfg.MODEL.META_ARCHITECTURE == "DistillDetector" else ""
+    if not (path and kd.LOAD_WEIGHTS):
+        return None
+    return _sha256(local_weights_path(path, "MODEL.KD.TEACHER.WEIGHTS", cfg.MODEL.DOWNLOAD_TIMEOUT))
+
+
+def check_resumed_teacher(cfg, path: str) -> None:
+    """
+    On ``--resume``: compare the teacher weights' sha256 with the one the run's earlier
+    ``run_info.json`` (``path``) recorded, on rank 0, and stop every rank alike. A different
+    file raises ``ValueError`` naming the file, both checksums and
+    ``MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS`` (which turns the error into a warning). Nothing
+    is compared when either checksum is unknown (a run_info.json written before d2kd recorded it).
+    """
+    from detectron2.utils import comm
+
+    error = None
+    if comm.is_main_process():
+        try:
+            _compare_teacher(cfg, path)
+        except ValueError as e:
+            error = str(e)
+    errors = [e for e in comm.all_gather(error) if e]
+    if errors:
+        raise ValueError(errors[0])
+
+
+def _compare_teacher(cfg, path: str) -> None:
+    if not os.path.isfile(os.path.join(os.path.dirname(path), "last_checkpoint")):
+        return  # nothing to resume: a fresh run
+    try:
+        with open(path) as f:
+            before = json.load(f).get("teacher_weights_sha256")
+    except (OSError, ValueError):
+        return
+    now = teacher_weights_sha256(cfg)
+    if not before or not now or before == now:
+        return
+    msg = (
+        f"MODEL.KD.TEACHER.WEIGHTS: the teacher file {_teacher_weights(cfg)} changed since this "
+        f"run started: sha256 {now} now, {before} in {path}. Resuming would distil the rest of "
+        "the run from another teacher"
+    )
+    if not cfg.MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS:
+        raise ValueError(
+            f"{msg}; restore that file, train into a new OUTPUT_DIR, or set "
+            "MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS True to resume anyway"
+        )
+    logger.warning(f"{msg} (allowed by MODEL.KD.TEACHER.ALLOW_CHANGED_WEIGHTS)")
+
+
 def run_info(cfg) -> dict:
     """What a user needs to compare two runs: teacher, schedule, batch, lr, framework versions."""
     import detectron2
@@ -38,6 +108,7 @@ def run_info(cfg) -> dict:
         "student_meta_architecture": kd.STUDENT_META_ARCHITECTURE if distill else None,
         "teacher_config": kd.TEACHER.CONFIG_FILE if distill else None,
         "teacher_weights": _teacher_weights(cfg) if distill else None,
+        "teacher_weights_sha256": teacher_weights_sha256(cfg),
         "losses": dict(zip(kd.LOSSES, kd.LOSS_WEIGHTS)) if distill else {},
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "base_lr": cfg.SOLVER.BASE_LR,

@@ -15,7 +15,12 @@ from ..data.check import DatasetCheckError, check_datasets
 from ..modeling.checks import model_num_classes, reads_teacher_class_scores
 from .hooks import unwrap_model
 
-__all__ = ["setup_d2kd_logger", "check_training_data", "check_num_classes"]
+__all__ = [
+    "setup_d2kd_logger",
+    "check_training_data",
+    "check_num_classes",
+    "check_eval_only_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,23 @@ def check_training_data(cfg) -> None:
     errors = [e for e in comm.all_gather(error) if e]
     if errors:
         raise DatasetCheckError(errors[0])
+
+
+def check_eval_only_weights(cfg, resume: bool) -> None:
+    """
+    Refuse ``--eval-only`` without weights: an empty ``MODEL.WEIGHTS`` (and no checkpoint to
+    resume from in ``OUTPUT_DIR`` under ``--resume``) would evaluate a randomly initialised
+    model and report its meaningless metrics as a success.
+    """
+    if cfg.MODEL.WEIGHTS:
+        return
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return  # --resume loads the checkpoint OUTPUT_DIR/last_checkpoint names
+    raise ValueError(
+        "--eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialised model: "
+        "name the checkpoint to evaluate (MODEL.WEIGHTS output/<run>/model_final.pth), or add "
+        f"--resume to evaluate the last checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR} has none)"
+    )
 
 
 def _dataset_classes(names) -> List[int]:

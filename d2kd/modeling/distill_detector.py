@@ -50,9 +50,11 @@ def build_student(cfg) -> nn.Module:
     scfg.MODEL.META_ARCHITECTURE = name
     student = META_ARCH_REGISTRY.get(name)(scfg).to(torch.device(cfg.MODEL.DEVICE))
     if cfg.MODEL.KD.STUDENT_WEIGHTS:
-        SafeCheckpointer(student, setting="MODEL.KD.STUDENT_WEIGHTS").load(
-            cfg.MODEL.KD.STUDENT_WEIGHTS
-        )
+        SafeCheckpointer(
+            student,
+            setting="MODEL.KD.STUDENT_WEIGHTS",
+            download_timeout=cfg.MODEL.DOWNLOAD_TIMEOUT,
+        ).load(cfg.MODEL.KD.STUDENT_WEIGHTS)
     return student
 
 

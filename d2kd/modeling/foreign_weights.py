@@ -15,6 +15,7 @@ from torch import nn
 from d2kd.convert import CONVERTERS, detect_format, get_converter, inert_classes_of
 
 from ..utils.checkpoint import (
+    DEFAULT_DOWNLOAD_TIMEOUT,
     BrokenCheckpointError,
     ReportingCheckpointer,
     describe_incompatible,
@@ -51,8 +52,16 @@ class ConvertingCheckpointer(ReportingCheckpointer):
     unmapped.
     """
 
-    def __init__(self, model, *, setting: str, weights_format: str = "auto", cfg: Any = None):
-        super().__init__(model, setting=setting)
+    def __init__(
+        self,
+        model,
+        *,
+        setting: str,
+        weights_format: str = "auto",
+        cfg: Any = None,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+    ):
+        super().__init__(model, setting=setting, download_timeout=download_timeout)
         self.weights_format = check_weights_format(weights_format)
         self.cfg = cfg
         self.converted_from = ""

@@ -18,7 +18,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..utils.checkpoint import describe_incompatible
+from ..utils.checkpoint import DEFAULT_DOWNLOAD_TIMEOUT, describe_incompatible
 from .foreign_weights import ConvertingCheckpointer, check_weights_format
 
 __all__ = [
@@ -110,7 +110,7 @@ def teacher_weights_path(cfg: CfgNode) -> str:
 
 def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's config: d2kd defaults + ``KD.TEACHER.CONFIG_FILE`` + ``KD.TEACHER.OPTS``."""
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
 
     path = cfg.MODEL.KD.TEACHER.CONFIG_FILE
     if not path:
@@ -121,8 +121,7 @@ def load_teacher_cfg(cfg: CfgNode) -> CfgNode:
     path = resolve_config_path(path)
     if path.endswith(".py"):
         return load_lazy_teacher_cfg(cfg, path)
-    tcfg = get_d2kd_cfg()
-    tcfg.merge_from_file(path)
+    tcfg = load_config_file(path)  # safe YAML only, _BASE_ chain included
     tcfg.merge_from_list(list(cfg.MODEL.KD.TEACHER.OPTS))
     if tcfg.MODEL.META_ARCHITECTURE == "DistillDetector":
         raise ValueError(
@@ -224,7 +223,11 @@ def _refuse_distillation_checkpoint(path: str, incompatible) -> None:
 
 
 def load_teacher_weights(
-    teacher: nn.Module, path: str, weights_format: str = "auto", tcfg: CfgNode = None
+    teacher: nn.Module,
+    path: str,
+    weights_format: str = "auto",
+    tcfg: CfgNode = None,
+    download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
 ) -> None:
     """
     Load ``path`` (any form Detectron2's checkpointer takes: local path, ``detectron2://``,
@@ -240,7 +243,11 @@ def load_teacher_weights(
             listed).
     """
     checkpointer = ConvertingCheckpointer(
-        teacher, setting=SETTING, weights_format=weights_format, cfg=tcfg
+        teacher,
+        setting=SETTING,
+        weights_format=weights_format,
+        cfg=tcfg,
+        download_timeout=download_timeout,
     )
     checkpointer.load(path)  # checks existence first
     incompatible = checkpointer.incompatible
@@ -285,7 +292,9 @@ def build_teacher(cfg: CfgNode) -> Tuple[nn.Module, CfgNode]:
     if kd.LOAD_WEIGHTS:
         weights = teacher_weights_path(cfg)
         if weights:
-            load_teacher_weights(teacher, weights, kd.WEIGHTS_FORMAT, tcfg)
+            load_teacher_weights(
+                teacher, weights, kd.WEIGHTS_FORMAT, tcfg, cfg.MODEL.DOWNLOAD_TIMEOUT
+            )
         elif not kd.ALLOW_RANDOM_INIT:
             raise ValueError(
                 "MODEL.KD.TEACHER.WEIGHTS is empty: distilling from a randomly initialised teacher "

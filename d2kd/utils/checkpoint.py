@@ -6,11 +6,14 @@ through PathManager, same model-zoo formats and key conversions) with every file
 :mod:`d2kd.utils.safe_load`: no weight file can execute code, and an unreadable file names the
 setting it came from. d2kd loads every checkpoint through it: the teacher
 (``MODEL.KD.TEACHER.WEIGHTS``), ``MODEL.KD.STUDENT_WEIGHTS``, ``MODEL.WEIGHTS`` (training
-initialisation and ``--eval-only``), ``--resume`` and ``tools/extract_student.py``.
+initialisation and ``--eval-only``), ``--resume``, ``tools/extract_student.py`` and
+``tools/predict.py --weights``.
 """
 
+import contextlib
 import os
 import re
+import socket
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
 
@@ -32,24 +35,53 @@ __all__ = [
     "BrokenCheckpointError",
     "UnsafeCheckpointError",
     "local_weights_path",
+    "DEFAULT_DOWNLOAD_TIMEOUT",
     "describe_incompatible",
     "extract_student_state",
     "extract_student_checkpoint",
 ]
 
 
-def local_weights_path(path: str, setting: str) -> str:
+# Seconds a weight download may wait for data (config key MODEL.DOWNLOAD_TIMEOUT).
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    """Every socket opened inside waits at most ``seconds`` to connect and for each read:
+    iopath's download (urllib's ``urlretrieve``) takes no timeout of its own."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds if seconds and seconds > 0 else None)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _timed_out(e: BaseException) -> bool:
+    return isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+
+
+def local_weights_path(path: str, setting: str, timeout: float = DEFAULT_DOWNLOAD_TIMEOUT) -> str:
     """
     A local copy of ``path`` (a local path, ``detectron2://``, ``https://``, any PathManager
-    prefix; a ``?query`` is ignored), fetched through PathManager.
+    prefix; a ``?query`` is ignored), fetched through PathManager. A download fails when the
+    server sends nothing for ``timeout`` seconds (connecting, or at any point of the transfer).
 
     Raises:
-        FileNotFoundError / OSError naming ``setting`` and ``path``.
+        FileNotFoundError / OSError / TimeoutError naming ``setting`` and ``path``.
     """
     url = urlparse(path)._replace(query="").geturl()  # as DetectionCheckpointer.load does
     try:
-        local = PathManager.get_local_path(url)
+        with _socket_timeout(timeout):
+            local = PathManager.get_local_path(url)
     except Exception as e:
+        if _timed_out(e):
+            raise TimeoutError(
+                f"{setting}: downloading {path} stalled: the server sent nothing for {timeout:g} s "
+                "(MODEL.DOWNLOAD_TIMEOUT; raise it for a slow connection, or download the file "
+                "and name the local copy)"
+            ) from None
         raise OSError(f"{setting}: cannot fetch {path}: {type(e).__name__}: {e}") from e
     if not os.path.isfile(local):
         raise FileNotFoundError(f"{setting}: no such file: {path}")
@@ -78,6 +110,7 @@ class SafeCheckpointer(DetectionCheckpointer):
     """
     A :class:`DetectionCheckpointer` that never executes code from a file (see the module
     docstring) and names ``setting`` (the config key or argument the path came from) in errors.
+    A download that receives nothing for ``download_timeout`` seconds fails.
 
     With ``resume``, the model must match the checkpoint exactly: a checkpoint written by a
     different student architecture is refused with the keys named (instead of the optimizer's
@@ -85,9 +118,18 @@ class SafeCheckpointer(DetectionCheckpointer):
     The last report of missing / unexpected / mis-shaped keys is kept in ``self.incompatible``.
     """
 
-    def __init__(self, model, save_dir: str = "", *, setting: str = "MODEL.WEIGHTS", **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        setting: str = "MODEL.WEIGHTS",
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.setting = setting
+        self.download_timeout = download_timeout
         self.incompatible = None
         self._source: Optional[str] = None
         self._resuming = False
@@ -95,7 +137,8 @@ class SafeCheckpointer(DetectionCheckpointer):
     # ------------------------------------------------------------------------- loading
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         if path:
-            local_weights_path(path, self.setting)  # a clear error for a missing file or URL
+            # A clear error for a missing file or URL, or a stalled download; cached after.
+            local_weights_path(path, self.setting, self.download_timeout)
         self._source = path
         try:
             return super().load(path, *args, **kwargs)

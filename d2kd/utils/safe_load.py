@@ -3,9 +3,15 @@ Reading weight files without executing code (pure PyTorch + NumPy; no Detectron2
 
 A ``.pth`` (PyTorch) file is read with ``torch.load(weights_only=True)``. A ``.pkl`` file (the
 Detectron2 / Caffe2 model-zoo format: a pickled dict of NumPy arrays) is read by
-:class:`RestrictedUnpickler`, which resolves only the globals such files need (NumPy's array and
-dtype reconstruction, ``collections.OrderedDict``, ``_codecs.encode`` for protocol-2 byte strings);
-any other global (``os.system``, ``builtins.eval``, a user class) is refused before anything runs.
+:class:`RestrictedUnpickler`, which resolves only the globals such files need: what NumPy's own
+pickling of arrays, dtypes and scalars emits at protocols 2-5 on NumPy 1.x and 2.x
+(``_reconstruct``, ``scalar``, protocol 5's ``_frombuffer``, ``numpy.dtype``, the
+``numpy.dtypes`` classes), ``collections.OrderedDict``, and the built-ins protocol 2 uses for byte
+strings (``_codecs.encode``, ``bytes``); any other global (``os.system``, ``builtins.eval``, a user
+class) is refused before anything runs. The NumPy functions are wrapped so that they build arrays
+and nothing else: ``numpy.ndarray`` cannot be called (only passed to ``_reconstruct``), and
+``_frombuffer`` takes only a byte buffer, a dtype without Python objects, a shape and an order
+(bytes are never read as object pointers).
 
 Every error names the setting the file came from (``MODEL.KD.TEACHER.WEIGHTS``, ``MODEL.WEIGHTS``,
 ...), the file, and what went wrong; none repeats PyTorch's advice to load with
@@ -16,8 +22,6 @@ import os
 import pickle
 import re
 from typing import Any, BinaryIO, Optional
-
-import torch
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -30,29 +34,35 @@ __all__ = [
     "inert_class",
 ]
 
-# (module, name) a Detectron2/Caffe2 .pkl may reference. NumPy 1.x writes numpy.core.*, 2.x
-# numpy._core.*; both are mapped to whichever this NumPy has.
-_NUMPY_CORE = {"numpy.core.multiarray", "numpy._core.multiarray"}
-_NUMPY_CORE_NAMES = {"_reconstruct", "scalar"}
+# (module, name) a Detectron2/Caffe2 .pkl may reference: what NumPy's own pickling of arrays,
+# dtypes and scalars emits at protocols 2-5 (found by recording find_class on real pickles),
+# containers, and the built-ins protocol 2 uses for byte strings. NumPy 1.x writes numpy.core.*,
+# 2.x numpy._core.*; both are mapped to whichever this NumPy has.
+_NUMPY_PREFIXES = ("numpy.core.", "numpy._core.")
 _ALLOWED = {
-    ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # protocol-2 pickles of bytes written by Python 3
     ("builtins", "set"),
     ("builtins", "frozenset"),
-    ("builtins", "bytearray"),
     ("builtins", "complex"),
     ("__builtin__", "set"),  # Python 2 pickles (Caffe2 / Detectron1 zoo files)
     ("__builtin__", "frozenset"),
 }
 _NUMPY_DTYPE_CLASSES = re.compile(r"^[A-Z][A-Za-z0-9]*DType$")  # numpy.dtypes.Float32DType, ...
 
-_WHAT_IS_ALLOWED = "NumPy arrays and dtypes, dicts, lists, tuples, strings and numbers"
+_WHAT_IS_ALLOWED = (
+    "the functions NumPy's own pickling of arrays, dtypes and scalars uses (NumPy 1.x and 2.x, "
+    "pickle protocols 2-5), dicts, lists, tuples, sets, strings, bytes and numbers"
+)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A weight file references a global that a weight file never needs (it could run code)."""
+
+
+class _Refused(pickle.UnpicklingError):
+    """A NumPy function was asked for more than building an array (see :func:`_frombuffer`)."""
 
 
 class BrokenCheckpointError(RuntimeError):
@@ -63,6 +73,95 @@ def _where(setting: str, filename: str, source: Optional[str]) -> str:
     if source and source != filename:
         return f"{setting}: {source} (local file {filename})"
     return f"{setting}: {filename}"
+
+
+def _numpy_core():
+    import numpy
+
+    return getattr(numpy, "_core", None) or numpy.core
+
+
+class _NDArrayType:
+    """Stands for ``numpy.ndarray`` in a pickle. NumPy's pickles only pass the class to
+    ``_reconstruct``; calling ``numpy.ndarray(shape, "O", buffer=...)`` itself would turn bytes
+    of the file into object pointers (a crash at best), so this stand-in cannot be called."""
+
+    def __call__(self, *args, **kwargs):
+        raise _Refused("numpy.ndarray is not called by NumPy's own pickles")
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NDArrayType()
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
+    """``numpy.core.multiarray._reconstruct`` (protocols 2-5: an empty array, filled by its
+    ``__setstate__``), for plain ndarrays only."""
+    import numpy
+
+    if subtype is not _NDARRAY:
+        raise _Refused(f"_reconstruct of {subtype!r}: only numpy.ndarray is built")
+    return _numpy_core().multiarray._reconstruct(numpy.ndarray, shape, dtype)
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, axis_order: Any = None) -> Any:
+    """
+    NumPy's protocol-5 array reconstruction (``numpy._core.numeric._frombuffer``; NumPy 1.x:
+    ``numpy.core.numeric._frombuffer``) with its arguments checked first: a byte buffer, a dtype
+    without Python objects (bytes are never read as object pointers), a shape of non-negative
+    ints, an order of "C", "F" or "K", an axis order that permutes the dimensions.
+    """
+    import numpy
+
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)):
+        raise _Refused(f"_frombuffer of a {type(buf).__name__}, not a byte buffer")
+    dtype = numpy.dtype(dtype)
+    if dtype.hasobject:
+        raise _Refused(f"_frombuffer with dtype {dtype} (Python objects)")
+    if not isinstance(shape, tuple) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise _Refused(f"_frombuffer with shape {shape!r}")
+    if order not in ("C", "F", "K"):
+        raise _Refused(f"_frombuffer with order {order!r}")
+    array = numpy.frombuffer(buf, dtype=dtype)
+    if order == "K" and axis_order is not None:
+        if sorted(axis_order) != list(range(len(shape))):
+            raise _Refused(f"_frombuffer with axis order {axis_order!r}")
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)  # as NumPy's: order "K" alone is an error
+
+
+def _bytes_like(kind: type):
+    def build(*args):
+        if args and isinstance(args[0], int):  # bytes(10**12) would allocate that much
+            raise _Refused(f"{kind.__name__}(<int>) is not built")
+        return kind(*args)
+
+    return build
+
+
+_BUILD = {"bytes": _bytes_like(bytes), "bytearray": _bytes_like(bytearray)}
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    """The function NumPy's pickles name as ``module.name``, or None."""
+    if module == "numpy" and name == "ndarray":
+        return _NDARRAY
+    if not module.startswith(_NUMPY_PREFIXES):
+        return None
+    sub = module.split(".", 2)[2]
+    if (sub, name) == ("multiarray", "_reconstruct"):
+        return _reconstruct
+    if (sub, name) == ("multiarray", "scalar"):  # refuses object dtypes itself
+        return _numpy_core().multiarray.scalar
+    if (sub, name) == ("numeric", "_frombuffer"):
+        return _frombuffer
+    if (sub, name) == ("_internal", "_convert_to_stringdtype_kwargs"):  # NumPy 2 StringDType
+        return getattr(_numpy_core()._internal, name, None)
+    return None
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -76,19 +175,19 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._where = _where(setting, filename, source)
 
     def find_class(self, module: str, name: str) -> Any:
-        if module in _NUMPY_CORE and name in _NUMPY_CORE_NAMES:
-            import numpy
-
-            core = getattr(numpy, "_core", None) or numpy.core
-            return getattr(core.multiarray, name)
+        found = _numpy_global(module, name)
+        if found is not None:
+            return found
+        if module in ("builtins", "__builtin__") and name in _BUILD:
+            return _BUILD[name]
         if (module, name) in _ALLOWED or (
             module == "numpy.dtypes" and _NUMPY_DTYPE_CLASSES.match(name)
         ):
             return super().find_class(module, name)
         raise UnsafeCheckpointError(
             f"{self._where} refused: the file asks to load the class/function '{module}.{name}', "
-            f"which a weight file never needs (loading it could run code). d2kd reads .pkl weight "
-            f"files with a restricted unpickler that admits only {_WHAT_IS_ALLOWED}"
+            f"which d2kd does not admit in a weight file (loading it could run code). d2kd reads "
+            f".pkl weight files with a restricted unpickler that admits only {_WHAT_IS_ALLOWED}"
         )
 
     def persistent_load(self, pid: Any) -> Any:
@@ -96,6 +195,24 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"{self._where} refused: the file uses pickle persistent ids ({str(pid)[:60]!r}), "
             f"which a Detectron2/Caffe2 .pkl never does; a PyTorch checkpoint should end in .pth"
         )
+
+
+def _crafted(
+    setting: str, filename: str, source: Optional[str], e: BaseException
+) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"{_where(setting, filename, source)} refused: {e}; NumPy's own pickles never ask for "
+        "this (the file is crafted, and loading it could read memory as Python objects)"
+    )
+
+
+def _refused_in(e: Optional[BaseException]) -> Optional[BaseException]:
+    """The :class:`_Refused` behind ``e`` (PyTorch re-raises it as its own error), or None."""
+    for _ in range(8):
+        if e is None or isinstance(e, _Refused):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _broken(
@@ -137,6 +254,8 @@ def restricted_pickle_load(
         return RestrictedUnpickler(f, setting, filename, source).load()
     except UnsafeCheckpointError:
         raise
+    except _Refused as e:
+        raise _crafted(setting, filename, source, e) from None
     except Exception as e:  # random bytes fail in any of many ways; all mean "not a pickle"
         reason = (
             "it ends too early (truncated)"
@@ -150,18 +269,27 @@ def restricted_pickle_load(
 
 
 def _numpy_globals() -> list:
-    """What a .pth holding NumPy arrays (some converted checkpoints do) needs beyond tensors."""
+    """What a .pth holding NumPy arrays (some converted checkpoints do) needs beyond tensors, for
+    ``torch.serialization.safe_globals``: the same wrapped functions as the ``.pkl`` reader,
+    under NumPy 1.x and 2.x names. ``numpy.ndarray`` resolves to the stand-in that cannot be
+    called; the class itself is listed under a name no GLOBAL opcode can spell (it holds a
+    newline) so that PyTorch's loader lets ``__setstate__`` fill the arrays ``_reconstruct``
+    builds, and nothing else."""
     import numpy
 
-    core = getattr(numpy, "_core", None) or numpy.core
-    dtypes = [type(numpy.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")]
-    return [
-        core.multiarray._reconstruct,
-        core.multiarray.scalar,
-        numpy.ndarray,
-        numpy.dtype,
-        *dtypes,
-    ]
+    named = [(_NDARRAY, "numpy.ndarray"), (numpy.ndarray, "d2kd\nnumpy.ndarray, built only")]
+    for prefix in _NUMPY_PREFIXES:
+        named += [
+            (_reconstruct, prefix + "multiarray._reconstruct"),
+            (_numpy_core().multiarray.scalar, prefix + "multiarray.scalar"),
+            (_frombuffer, prefix + "numeric._frombuffer"),
+        ]
+    named += [(_BUILD["bytes"], "__builtin__.bytes"), (_BUILD["bytes"], "builtins.bytes")]
+    dtypes = {type(numpy.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")}
+    module = getattr(numpy, "dtypes", None)  # NumPy >= 1.25: every dtype class, as for .pkl
+    names = dir(module) if module is not None else []
+    dtypes |= {getattr(module, n) for n in names if _NUMPY_DTYPE_CLASSES.match(n)}
+    return [*named, numpy.dtype, *sorted(dtypes, key=lambda c: c.__name__)]
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -227,6 +355,8 @@ def safe_torch_load(
         UnsafeCheckpointError: the file references a global outside PyTorch's weights-only list.
         BrokenCheckpointError: empty, truncated or not a PyTorch file.
     """
+    import torch  # here, so that the .pkl reader needs NumPy alone
+
     empty = _size_reason(filename)
     if empty:
         raise _broken(setting, filename, source, empty)
@@ -234,6 +364,9 @@ def safe_torch_load(
         with torch.serialization.safe_globals(_numpy_globals() + _inert_globals(inert_classes)):
             return torch.load(filename, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        refused = _refused_in(e)
+        if refused is not None:
+            raise _crafted(setting, filename, source, refused) from None
         msg = str(e)
         m = _GLOBAL.search(msg)
         if m:

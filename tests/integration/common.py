@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
-from d2kd.config import get_d2kd_cfg
+from d2kd.config import load_config_file
 from d2kd.data import generate_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,8 +25,7 @@ def config_path(rel: str) -> str:
 
 def tiny_cfg(config_file: str, opts: List = ()):
     """``config_file`` (relative to configs/) on CPU, with a random teacher allowed, tiny solver."""
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(config_path(config_file))
+    cfg = load_config_file(config_path(config_file))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = True
     cfg.MODEL.KD.TEACHER.WEIGHTS = ""

@@ -10,7 +10,7 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 from detectron2.config import get_cfg  # noqa: E402
 
-from d2kd.config import add_d2kd_config, get_d2kd_cfg  # noqa: E402
+from d2kd.config import add_d2kd_config, get_d2kd_cfg, load_config_file  # noqa: E402
 from d2kd.modeling.losses import DISTILL_LOSS_REGISTRY  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
 
@@ -20,9 +20,7 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recurs
 
 
 def _merge(path):
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(path)
-    return cfg
+    return load_config_file(path)  # safe YAML: no repository config needs a !!python tag
 
 
 def test_there_are_configs():
@@ -86,3 +84,15 @@ def test_pgd_coco_configs_carry_the_rescaled_reference_weights():
         30,
     )
     assert (atss.ALPHA, atss.BETA, atss.GAMMA, atss.TOPK) == (0.32, 0.16, 0.128, 9)
+
+
+SHAPES = [p for p in CONFIGS if os.sep + "shapes" + os.sep in p]
+
+
+def test_a_killed_shapes_run_keeps_an_intermediate_checkpoint():
+    """--resume is useful only with a checkpoint before model_final (issue 21: the period was
+    100000 for runs of 600-1000 iterations)."""
+    assert len(SHAPES) > 20
+    for path in SHAPES:
+        solver = _merge(path).SOLVER
+        assert solver.CHECKPOINT_PERIOD <= solver.MAX_ITER // 2, os.path.relpath(path, REPO)

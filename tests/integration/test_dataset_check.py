@@ -144,3 +144,55 @@ def test_command_line_tool(tmp_path, capsys):
     assert check_tool.main(argv + ["--output", str(tmp_path / "o")]) == 0
     assert os.path.isfile(tmp_path / "o" / "tool_clean.png")
     assert check_tool.main(["--coco", "tool_bad", bad, str(tmp_path / "bad"), "tool_bad"]) == 1
+
+
+# ----------------------------------------------------------------------------- truncated images
+def _noisy(root, name, fmt):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    path = os.path.join(root, name)
+    Image.fromarray(arr).save(path, fmt)
+    return path
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) * 2 // 3])
+
+
+def test_truncated_images_of_every_format_are_unreadable(tmp_path):
+    """A truncated JPEG or BMP passed the header-only check and killed training at iteration 0
+    with Pillow's 'image file is truncated', naming no file (issue 21)."""
+    from d2kd.config import get_d2kd_cfg
+    from d2kd.data import ImageReadError, build_train_mapper
+
+    root = str(tmp_path)
+    formats = {"jpg": "JPEG", "png": "PNG", "bmp": "BMP", "webp": "WEBP"}
+    images, anns = [], []
+    for k, (ext, fmt) in enumerate(sorted(formats.items())):
+        for whole in (True, False):
+            image_id = 2 * k + (1 if whole else 2)
+            name = f"{'ok' if whole else 'cut'}.{ext}"
+            path = _noisy(root, name, fmt)
+            if not whole:
+                _truncate(path)
+            images.append({"id": image_id, "file_name": name, "width": 64, "height": 48})
+            anns.append({"id": image_id, "image_id": image_id, "category_id": 1,
+                         "bbox": [2, 2, 10, 10], "iscrowd": 0})  # fmt: skip
+    with open(os.path.join(root, "ok.jpg"), "ab") as f:
+        f.write(b"appended by a camera")  # bytes after the end marker: a whole JPEG still
+    json_file = os.path.join(root, "ann.json")
+    with open(json_file, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": CATEGORIES}, f)
+    register_coco_instances("trunc_check", {}, json_file, root)
+    report = check_dataset("trunc_check")
+    unreadable = sorted(os.path.basename(p.message.split()[2]) for p in report.errors)
+    assert [p.kind for p in report.errors] == ["unreadable_image"] * 4
+    assert unreadable == ["cut.bmp", "cut.jpg", "cut.png", "cut.webp"]
+
+    mapper = build_train_mapper(get_d2kd_cfg())
+    record = {"file_name": os.path.join(root, "cut.jpg"), "image_id": 42, "height": 48,
+              "width": 64, "annotations": []}  # fmt: skip
+    with pytest.raises(ImageReadError, match=r"cut.jpg \(image id 42\) cannot be read.*truncated"):
+        mapper(record)
+    assert mapper({**record, "file_name": os.path.join(root, "ok.jpg")})["image"].shape[-1] > 0

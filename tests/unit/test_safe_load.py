@@ -172,3 +172,133 @@ def test_admitted_bookkeeping_classes_do_not_admit_code(tmp_path):
         safe_torch_load(path, "MODEL.KD.TEACHER.WEIGHTS", inert_classes=["argparse.Namespace"])
     assert path in str(e.value) and "system" in str(e.value)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------- NumPy's pickling (issue 21)
+def _numpy_zoo():
+    """Arrays of every layout and kind NumPy pickles differently, a scalar and a dtype."""
+    return {
+        "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "permuted": np.arange(24.0).reshape(2, 3, 4).transpose(1, 0, 2),  # protocol 5: order K
+        "strided": np.arange(16.0).reshape(4, 4)[::2],
+        "empty": np.zeros((0, 3)),  # protocol 2: __builtin__.bytes
+        "half": np.ones(2, np.float16),
+        "flags": np.array([True, False]),
+        "big_endian": np.arange(3, dtype=">i4"),
+        "record": np.zeros(2, dtype=[("a", "f4"), ("b", "i2")]),
+        "scalar": np.float32(1.5),
+        "dtype": np.dtype("f8"),
+    }
+
+
+def _equal(a, b):
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    return a == b and type(a) is type(b)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_numpys_own_pickles_load_at_every_protocol(tmp_path, protocol):
+    raw = pickle.dumps({"model": _numpy_zoo(), "__author__": "me"}, protocol=protocol)
+    ref = pickle.loads(raw)["model"]  # what the unrestricted unpickler gives (a trusted file)
+    path = tmp_path / "model.pkl"
+    path.write_bytes(raw)
+    data = restricted_pickle_load(str(path), "MODEL.WEIGHTS")["model"]
+    assert [k for k in ref if not _equal(ref[k], data[k])] == []
+
+
+def _renamed(raw: bytes, old: str, new: str) -> bytes:
+    """``raw`` with the string ``old`` (a module name) written as ``new``, frames dropped (the
+    Unpickler needs none), so that a NumPy 2.x pickle reads as the NumPy 1.x one."""
+    import pickletools
+
+    ops = list(pickletools.genops(raw))
+    out = bytearray()
+    for (op, arg, pos), (_, _, end) in zip(ops, ops[1:] + [(None, None, len(raw))]):
+        if op.name == "FRAME":
+            continue
+        if op.name == "SHORT_BINUNICODE" and arg == old:
+            out += b"\x8c" + bytes([len(new)]) + new.encode()
+        else:
+            out += raw[pos:end]
+    return bytes(out)
+
+
+def test_numpy1_frombuffer_name_is_admitted(tmp_path):
+    raw = pickle.dumps({"w": np.ones(3, dtype=np.float32)}, protocol=5)
+    raw = _renamed(raw, "numpy._core.numeric", "numpy.core.numeric")  # NumPy 1.x, protocol 5
+    assert b"numpy.core.numeric" in raw
+    path = tmp_path / "old.pkl"
+    path.write_bytes(raw)
+    assert np.array_equal(restricted_pickle_load(str(path), "MODEL.WEIGHTS")["w"], np.ones(3))
+
+
+class _Call:
+    """Unpickles as ``fn(*args)`` where ``fn`` is the NumPy global ``module.name``."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+_NUMERIC = (getattr(np, "_core", None) or np.core).numeric  # NumPy 2.x / 1.x
+_POINTER = b"\x10\x32\x54\x76\x98\xba\xdc\x0e"  # read as an object pointer, this would crash
+
+
+def test_numpy_ndarray_cannot_be_called_on_bytes(tmp_path):
+    """numpy.ndarray((1,), "O", buffer) reads the bytes as object pointers: before the fix this
+    crashed the interpreter (run in a subprocess so that a crash fails the test cleanly)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "crafted.pkl"
+    path.write_bytes(pickle.dumps({"x": _Call(np.ndarray, ((1,), np.dtype("O"), _POINTER))}, 2))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    module = os.path.join(repo, "d2kd", "utils", "safe_load.py")  # alone: NumPy, no torch
+    code = (
+        "import importlib.util as u, sys\n"
+        "spec = u.spec_from_file_location('safe_load', sys.argv[1]); m = u.module_from_spec(spec)\n"
+        "spec.loader.exec_module(m)\n"
+        "try:\n    m.restricted_pickle_load(sys.argv[2], 'MODEL.WEIGHTS')\n"
+        "except m.UnsafeCheckpointError as e:\n    print('REFUSED', e)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, module, str(path)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout.startswith("REFUSED MODEL.WEIGHTS: ") and str(path) in run.stdout
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        (_NUMERIC._frombuffer, (_POINTER, np.dtype("O"), (1,), "C")),
+        (_NUMERIC._frombuffer, (_POINTER, np.dtype([("a", "O")]), (1,), "C")),
+        (_NUMERIC._frombuffer, ([1], np.dtype("f4"), (1,), "C")),
+        (_NUMERIC._frombuffer, (_POINTER, np.dtype("u1"), "8", "C")),
+        (bytes, (10**12,)),  # would allocate a terabyte
+    ],
+    ids=["object", "record_object", "list", "shape", "bytes_int"],
+)
+def test_numpy_frombuffer_builds_arrays_and_nothing_else(tmp_path, call):
+    path = tmp_path / "crafted.pkl"
+    path.write_bytes(pickle.dumps({"x": _Call(*call)}, protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match=r"MODEL.WEIGHTS: .*crafted.pkl refused"):
+        restricted_pickle_load(str(path), "MODEL.WEIGHTS")
+
+
+def test_a_pth_holding_numpy_arrays_loads_and_ndarray_is_not_called(tmp_path):
+    """torch.save writes protocol 2: an empty array needs ``bytes``; numpy.ndarray itself must
+    not be callable there either (zero bytes here: null pointers, harmless, but it loaded)."""
+    path = tmp_path / "arrays.pth"
+    torch.save(_numpy_zoo(), path)
+    ref = pickle.loads(pickle.dumps(_numpy_zoo(), protocol=2))  # torch.save's protocol
+    got = safe_torch_load(str(path), "MODEL.WEIGHTS")
+    assert [k for k in ref if not _equal(ref[k], got[k])] == []
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"x": _Call(np.ndarray, ((2,), "O", b"\0" * 16))}, crafted)
+    with pytest.raises(UnsafeCheckpointError, match=r"crafted.pth refused: numpy.ndarray"):
+        safe_torch_load(str(crafted), "MODEL.WEIGHTS")

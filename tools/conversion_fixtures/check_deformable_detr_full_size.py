@@ -46,11 +46,10 @@ def _official(refine, two_stage):
 def _d2kd(name, checkpoint):
     from detectron2.modeling import build_model
 
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
     from d2kd.convert import detect_format, get_converter
 
-    cfg = get_d2kd_cfg()
-    cfg.merge_from_file(f"configs/teachers/deformable_detr_official_R50{CONFIGS[name]}.yaml")
+    cfg = load_config_file(f"configs/teachers/deformable_detr_official_R50{CONFIGS[name]}.yaml")
     cfg.MODEL.DEVICE = "cpu"
     assert detect_format(checkpoint) == "deformable-detr"
     result = get_converter("deformable-detr").convert(checkpoint, cfg)
