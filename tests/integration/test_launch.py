@@ -1,9 +1,12 @@
 """
-d2kd's ``launch``: a signal to the launcher stops every rank; the backend follows MODEL.DEVICE.
+d2kd's ``launch``: a signal to the launcher stops every rank; the backend follows MODEL.DEVICE;
+two "machines" on this host (``--num-machines 2``) train in sync and resume together.
 """
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,3 +156,56 @@ def test_sigint_to_the_launcher_stops_every_rank(tmp_path):
         time.sleep(0.5)
     assert _still_running(ranks) == []
     assert not os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_machines(shapes: str, out: str, extra) -> None:
+    """``train_net.py --num-machines 2 --machine-rank {0,1}``: two processes on this host."""
+    port = _free_port()
+    procs = []
+    for machine in (0, 1):
+        cmd = [sys.executable, DDP_MAIN, "--num-gpus", "1", "--num-machines", "2"]
+        cmd += ["--machine-rank", str(machine), "--dist-url", f"tcp://127.0.0.1:{port}"]
+        cmd += ["--config-file", KD_CONFIG, *extra]
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=_env(shapes), text=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        )
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    for p, err in zip(procs, errors):
+        assert p.returncode == 0, err[-4000:]
+
+
+def _ranks_equal(out: str) -> dict:
+    ranks = [torch.load(os.path.join(out, f"rank{r}.pth"), weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and any(k.startswith("student.") for k in ranks[0])
+    for k, v in ranks[0].items():
+        assert torch.equal(v, ranks[1][k]), k
+    return ranks[0]
+
+
+def test_two_machines_on_one_host_train_in_sync_and_resume(tmp_path):
+    """Issue 22: --num-machines 2 (one CPU process each, gloo), then --resume on both."""
+    shapes = str(tmp_path / "shapes")
+    ensure_shapes_dataset(shapes, "train", 4, 0)
+    out = str(tmp_path / "out")
+    opts = [str(o) for o in OPTS] + ["OUTPUT_DIR", out]
+    _two_machines(shapes, out, opts)
+    first = _ranks_equal(out)
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+
+    _two_machines(shapes, out, ["--resume", *opts, "SOLVER.MAX_ITER", "5"])
+    second = _ranks_equal(out)
+    for log in ("log.txt", "log.txt.rank1"):  # both machines start where the checkpoint ends
+        text = open(os.path.join(out, log)).read()
+        assert "Starting training from iteration 3" in text, log
+    assert any(not torch.equal(first[k], v) for k, v in second.items())
+    metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+    assert [m["iteration"] for m in metrics][-1] == 4
