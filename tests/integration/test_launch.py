@@ -209,3 +209,38 @@ def test_two_machines_on_one_host_train_in_sync_and_resume(tmp_path):
     assert any(not torch.equal(first[k], v) for k, v in second.items())
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
     assert [m["iteration"] for m in metrics][-1] == 4
+
+
+def test_sigterm_kills_ranks_that_do_not_stop(tmp_path):
+    """Ranks that ignore the SIGINT passed on are killed after the grace period; exit 143."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = os.path.join(REPO, "tests", "integration", "stubborn_ranks.py")
+    env = dict(os.environ, D2KD_RANK_PIDS=str(pids), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, script], cwd=REPO, env=env, text=True, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 240
+        while len(os.listdir(pids)) < 2 and time.monotonic() < end:
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            time.sleep(0.2)
+        ranks = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
+            proc.wait()
+    assert proc.returncode == 143, stderr[-4000:]
+    assert "Received SIGTERM: stopping the 2 training processes" in stderr
+    assert stderr.count("did not stop within 5 s: killed") == 2, stderr[-4000:]
+    assert launcher.STOP_GRACE_S <= took < launcher.STOP_GRACE_S + 10, took
+    assert {int(p) for p in os.listdir(pids)} <= set(ranks)
+    end = time.monotonic() + 5  # the launcher's resource tracker follows it
+    while _still_running(ranks) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert _still_running(ranks) == []
