@@ -23,7 +23,6 @@ from detectron2.engine import (
     TrainerBase,
     default_argument_parser,
     default_setup,
-    launch,
 )
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
@@ -39,6 +38,7 @@ from d2kd.engine import (
     check_resumed_teacher,
     check_training_data,
     create_ddp_model,
+    launch,
     setup_d2kd_logger,
     write_run_info,
 )
@@ -158,8 +158,15 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    # A port the OS picks on one machine (d2kd's launch), instead of Detectron2's fixed per-user
+    # port, which a second job on the machine finds taken; several machines need --dist-url.
+    parser.set_defaults(dist_url="auto")
+    args = parser.parse_args()
     logging.getLogger(__name__).info("Command Line Args: %s", args)
+    device = None  # the backend follows MODEL.DEVICE: gloo for a CPU run, even with CUDA present
+    if args.num_gpus * args.num_machines > 1:
+        device = load_cfg(args.config_file, args.opts).MODEL.DEVICE
     launch(
         main,
         args.num_gpus,
@@ -167,6 +174,7 @@ def invoke_main() -> None:
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        device=device,
     )
 
 

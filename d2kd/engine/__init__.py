@@ -1,6 +1,7 @@
 from .distributed import create_ddp_model
 from .divergence import DivergenceHook, TrainingDivergedError
 from .hooks import TeacherEvalHook, unwrap_model
+from .launcher import dist_backend, launch
 from .run_info import check_resumed_teacher, run_info, write_run_info
 from .startup import (
     check_eval_only_weights,
@@ -14,6 +15,8 @@ __all__ = [
     "TrainingDivergedError",
     "TeacherEvalHook",
     "create_ddp_model",
+    "dist_backend",
+    "launch",
     "unwrap_model",
     "run_info",
     "check_resumed_teacher",

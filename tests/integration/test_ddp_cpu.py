@@ -1,9 +1,12 @@
 """``train_net.py --num-gpus 2`` on CPU (gloo): distillation trains and both ranks stay in sync."""
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+from urllib.parse import urlparse
 
 import pytest
 
@@ -29,6 +32,20 @@ OPTS = [
 ]  # fmt: skip
 
 
+@contextlib.contextmanager
+def detectron2_default_port_taken():
+    """Hold the port of Detectron2's default ``--dist-url`` (fixed per user: 49152 for root), as
+    another 2-process job on the machine would (issue 21: EADDRINUSE)."""
+    from detectron2.engine import default_argument_parser
+
+    port = urlparse(default_argument_parser().get_default("dist_url")).port
+    with socket.socket() as s:
+        with contextlib.suppress(OSError):  # already taken by someone else: just as good
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        yield
+
+
 def test_two_cpu_processes_distil_in_sync(tmp_path):
     shapes = str(tmp_path / "shapes")
     ensure_shapes_dataset(shapes, "train", 4, 0)  # once, before the ranks read it
@@ -40,7 +57,8 @@ def test_two_cpu_processes_distil_in_sync(tmp_path):
         *[str(o) for o in OPTS], "OUTPUT_DIR", out,
     ]  # fmt: skip
     env = dict(os.environ, D2KD_DDP_SHAPES=shapes, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    with detectron2_default_port_taken():  # train_net's default: a free port
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [torch.load(os.path.join(out, f"rank{r}.pth"), weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and any(k.startswith("student.") for k in ranks[0])
