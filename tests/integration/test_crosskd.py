@@ -9,9 +9,11 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances, pairwise_iou  # noqa: E402
 from torch import nn  # noqa: E402
 
 from d2kd.modeling.adapters import Conv1x1  # noqa: E402
+from d2kd.modeling.losses.dense_pair import gather_dense_pair  # noqa: E402
 
 from tests.integration.common import (  # noqa: E402
     REPO,
@@ -256,8 +258,6 @@ def test_fcos_centerness_normaliser(data):
     """D_ctr = sum of the positives' centerness targets (here: recomputed from the assignment)."""
     cfg, model = _model("FCOS")
     _, record = step_with_record(model, make_batch(cfg, data[:2]))
-    from d2kd.modeling.losses.dense_pair import gather_dense_pair
-
     loss = model.losses["CrossKDLoss"]
     pair = gather_dense_pair(record, model.student, model.teacher)
     labels, boxes = record.student_one("label_anchors()")
@@ -273,3 +273,49 @@ def test_fcos_centerness_normaliser(data):
     assert anchors.shape[0] == pair.gt_labels.shape[1]
     assert ctr.numel() > 0
     assert float(loss._normalizer(pair, record)) == pytest.approx(float(ctr.sum()), rel=1e-5)
+
+
+def _image(width, height, boxes):
+    """A dataset dict of a random ``height`` x ``width`` image with class-0 ``boxes`` (xyxy)."""
+    gen = torch.Generator().manual_seed(width)
+    inst = Instances((height, width))
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.gt_classes = torch.zeros(len(boxes), dtype=torch.long)
+    image = torch.randint(0, 256, (3, height, width), generator=gen).to(torch.uint8)
+    return {"image": image, "height": height, "width": width, "instances": inst}
+
+
+def _official_per_gpu_count(model, record, valid):
+    """mmdet's RetinaNet assignment (MaxIoU 0.5/0.4, every anchor at a box's best IoU positive)
+    over each image's *valid* anchors only; Z = sum_images max(#pos, 1)."""
+    anchors = Boxes(torch.cat([a.tensor for a in record.student_one("anchor_generator")]))
+    z = 0
+    for inst, ok in zip(record.gt_instances, valid):
+        iou = pairwise_iou(inst.gt_boxes, anchors)[:, ok]  # (G, V)
+        pos = iou.max(dim=0).values >= 0.5
+        pos |= (iou == iou.max(dim=1, keepdim=True).values).any(dim=0)
+        z += max(int(pos.sum()), 1)
+    return z
+
+
+def test_retinanet_positive_count_excludes_anchors_on_batch_padding():
+    """Issue 21: an 8x16 box at the right edge of a 96-px image in a 160-px batch. Detectron2
+    also matches the anchor centred on the padding column x = 96 (IoU 0.5 with the box, as the
+    valid one at x = 88), so the count was Z = 24 against the official 23 (every term 4.2% low)."""
+    cfg, model = _model("RetinaNet", ["MODEL.KD.CROSSKD.CROSS_BLOCK", 2])
+    batch = [
+        _image(96, 64, [[88, 24, 96, 40]]),
+        _image(160, 64, [[40, 16, 72, 48], [104, 16, 136, 48]]),
+    ]
+    losses, record = step_with_record(model, batch)
+    loss = model.losses["CrossKDLoss"]
+    pair = gather_dense_pair(record, model.student, model.teacher)
+    valid = pair.prior_weights > 0
+    assert int((pair.positives() & ~valid).sum()) == 1  # the anchor on the padding
+    assert _official_per_gpu_count(model, record, valid) == 23
+    assert float(loss._normalizer(pair, record)) == 23.0
+    # The terms are their sums over this count (the sums themselves agree with the official code).
+    loss._normalizer = lambda *a: torch.tensor(1.0)
+    sums = loss(record)
+    for name in ("loss_kd_crosskd_cls", "loss_kd_crosskd_reg"):
+        assert float(losses[name]) == pytest.approx(float(sums[name]) / 23.0, rel=1e-5)

@@ -239,7 +239,10 @@ class CrossKDLoss(DistillLoss):
 
     # ------------------------------------------------------------------------- terms
     def _normalizer(self, pair: DensePair, record: DistillRecord) -> Tensor:
-        pos = pair.positives()
+        # Only positives with a nonzero prior weight count: the official code assigns valid
+        # anchors only, while Detectron2's RetinaNet also matches anchors on the batch padding
+        # of a smaller image (an object at its right edge gets one there).
+        pos = pair.positives() & (pair.prior_weights > 0)
         if self.normalizer == "pos_per_gpu":
             return pos.sum(dim=1).clamp(min=1).sum().float()
         if self.normalizer == "pos":
