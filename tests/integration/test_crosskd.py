@@ -1,6 +1,7 @@
 """CrossKDLoss inside DistillDetector on CPU, four detectors: terms, zero when the student is the
 teacher, gradient routing, hold taps, in-place detection, normalisers and prior weights."""
 
+import math
 import types
 
 import pytest
@@ -13,6 +14,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou  # noqa: E402
 from torch import nn  # noqa: E402
 
 from d2kd.modeling.adapters import Conv1x1  # noqa: E402
+from d2kd.modeling.dense_outputs import DenseOutputs  # noqa: E402
 from d2kd.modeling.losses.dense_pair import gather_dense_pair  # noqa: E402
 
 from tests.integration.common import (  # noqa: E402
@@ -319,3 +321,36 @@ def test_retinanet_positive_count_excludes_anchors_on_batch_padding():
     sums = loss(record)
     for name in ("loss_kd_crosskd_cls", "loss_kd_crosskd_reg"):
         assert float(losses[name]) == pytest.approx(float(sums[name]) / 23.0, rel=1e-5)
+
+
+def _one_prior(box_reg, anchor=(0.0, 0.0, 64.0, 64.0)):
+    """DenseOutputs of one image with one prior (no classes needed by the regression term)."""
+    return DenseOutputs(
+        logits=torch.zeros(1, 1, 4),
+        box_reg=box_reg.view(1, 1, 4),
+        extras=[],
+        anchors=torch.tensor([anchor]),
+        level_sizes=[1],
+        level_shapes=[(1, 1)],
+        strides=[8],
+        num_anchors=1,
+    )
+
+
+@pytest.mark.parametrize("arch", ["RetinaNet", "ATSS"])
+def test_box_decoding_clamps_tiny_widths_and_heights_as_the_official_coder(arch):
+    """Issue 21: mmdet's coder clamps |dw|, |dh| to ln(1000/16) (no box under 1/62.5 of its
+    anchor), Detectron2's from above only. Teacher box 0.64 x 0.64 and cross box 0.8 x 64 on a
+    64 x 64 anchor: officially both widths (and the teacher's height) become 64 / 62.5 = 1.024,
+    so IoU = GIoU = 1 / 62.5 and 1 - GIoU = 0.984 (0.992 without the lower clamp)."""
+    _, model = _model(arch)
+    loss = model.losses["CrossKDLoss"]
+    assert loss.reg_loss == "giou"
+    weights = torch.tensor(model.student.box2box_transform.weights, dtype=torch.float32)
+    teacher = torch.tensor([0.0, 0.0, math.log(1 / 100), math.log(1 / 100)]) * weights
+    cross = torch.tensor([0.0, 0.0, math.log(1 / 80), 0.0]) * weights
+    cross.requires_grad_(True)
+    value = loss._reg(_one_prior(cross), _one_prior(teacher), torch.ones(1, 1), 1.0)
+    assert float(value) == pytest.approx(1 - 1 / 62.5, rel=1e-5)
+    value.backward()
+    assert float(cross.grad[2]) == 0.0 and float(cross.grad[3]) != 0.0  # dw clamped, dh not
