@@ -14,6 +14,7 @@ __all__ = [
     "check_same_num_classes",
     "check_same_strides",
     "check_dense_detector",
+    "two_stage_losses",
     "check_kd_config",
     "reads_teacher_class_scores",
     "model_num_classes",
@@ -21,7 +22,13 @@ __all__ = [
 
 # What a dense (one-stage) detector offers that head-based losses read.
 DENSE_HEAD_ATTRS = ("head", "head_in_features", "anchor_generator")
-FEATURE_ONLY_LOSSES = "FeatureMSELoss, FGDLoss"
+
+
+def two_stage_losses() -> List[str]:
+    """The registered losses that work with two-stage models (``DistillLoss.TWO_STAGE``)."""
+    from .losses.registry import DISTILL_LOSS_REGISTRY  # here: the losses import this module
+
+    return sorted(name for name, cls in DISTILL_LOSS_REGISTRY if getattr(cls, "TWO_STAGE", False))
 
 
 def feature_shapes(
@@ -82,7 +89,7 @@ def check_dense_detector(model: nn.Module, which: str, loss: str) -> None:
         f"{loss} reads a dense (one-stage) detector's head on every FPN level, but the {which} "
         f"({type(model).__name__}{kind}) has no {', '.join(missing)}. Use a dense detector "
         f"(RetinaNet, FCOS, ATSS, GFL) as the {which}; two-stage models work with the losses "
-        f"that need only FPN features and ground truth ({FEATURE_ONLY_LOSSES})"
+        f"that need only FPN features and ground truth ({', '.join(two_stage_losses())})"
     )
 
 
