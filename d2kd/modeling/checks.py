@@ -18,6 +18,7 @@ __all__ = [
     "check_kd_config",
     "reads_teacher_class_scores",
     "model_num_classes",
+    "num_classes_key",
 ]
 
 # What a dense (one-stage) detector offers that head-based losses read.
@@ -189,6 +190,26 @@ def reads_teacher_class_scores(cfg) -> List[str]:
         ):
             out.append(name)
     return out
+
+
+# The config key of each detector's class count (the first match in the model's class hierarchy).
+NUM_CLASSES_KEYS = {
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "FCOS": "MODEL.FCOS.NUM_CLASSES",
+    "ATSS": "MODEL.ATSS.NUM_CLASSES",
+    "GFL": "MODEL.GFL.NUM_CLASSES",
+    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "DeformableDETR": "MODEL.DEFORMABLE_DETR.NUM_CLASSES",
+}
+
+
+def num_classes_key(model: nn.Module) -> str:
+    """The config key that sets ``model``'s class count, e.g. "MODEL.RETINANET.NUM_CLASSES"
+    (for an unknown detector, a description naming its config node's NUM_CLASSES)."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in NUM_CLASSES_KEYS:
+            return NUM_CLASSES_KEYS[cls.__name__]
+    return f"the NUM_CLASSES key of the {type(model).__name__} config node"
 
 
 def model_num_classes(model: nn.Module):
