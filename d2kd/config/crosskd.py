@@ -19,6 +19,8 @@ def add_crosskd_config(cfg: CN) -> None:
     _C.MODEL.KD.CROSSKD.CLS_BETA = 1.0
     # Regression KD: "giou" (1 - GIoU on decoded boxes: RetinaNet, ATSS), "iou_log" (-ln IoU:
     # FCOS), "kl" (KL over the distribution bins: GFL), or "auto" (by the student's detector).
+    # "giou" decodes both boxes with the student's coder plus the official lower clamp of the
+    # width/height deltas (no box under 1/62.5 of its anchor; Detectron2 clamps from above only).
     _C.MODEL.KD.CROSSKD.REG_LOSS = "auto"
     # Official: 1.0 (GFL: config 4.0 over avg_factor 4), 1.0 (RetinaNet, ATSS), 0.75 (FCOS).
     _C.MODEL.KD.CROSSKD.REG_WEIGHT = 1.0

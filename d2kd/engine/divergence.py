@@ -8,7 +8,7 @@ import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..utils.divergence import Divergence, DivergenceMonitor
+from ..utils.divergence import Divergence, DivergenceMonitor, divergence_advice
 
 __all__ = ["DivergenceHook", "TrainingDivergedError"]
 
@@ -75,23 +75,19 @@ class DivergenceHook(HookBase):
         """The error: what exploded, which group first, and what to change."""
         cfg = self.cfg
         clip = cfg.SOLVER.CLIP_GRADIENTS
-        advice = (
-            f"Lower the learning rate SOLVER.BASE_LR (now {cfg.SOLVER.BASE_LR}) or lengthen "
-            f"SOLVER.WARMUP_ITERS (now {cfg.SOLVER.WARMUP_ITERS})"
-        )
-        if clip.ENABLED:
-            advice += (
-                f"; gradient clipping (SOLVER.CLIP_GRADIENTS, {clip.CLIP_TYPE} {clip.CLIP_VALUE}) "
-                "keeps the steps finite but does not stop a too high learning rate"
-            )
+        kd = None
         if cfg.MODEL.META_ARCHITECTURE == "DistillDetector":
-            kd = cfg.MODEL.KD
-            weights = dict(zip(kd.LOSSES, kd.LOSS_WEIGHTS))
-            advice += (
-                f". {'Above all' if 'distillation' in found.first_group else 'Also'}, consider "
-                f"lower MODEL.KD.LOSS_WEIGHTS (now {weights}) or a MODEL.KD.WARMUP_ITERS (now "
-                f"{kd.WARMUP_ITERS})"
+            kd = (
+                dict(zip(cfg.MODEL.KD.LOSSES, cfg.MODEL.KD.LOSS_WEIGHTS)),
+                cfg.MODEL.KD.WARMUP_ITERS,
             )
+        advice = divergence_advice(
+            found.first_group,
+            cfg.SOLVER.BASE_LR,
+            cfg.SOLVER.WARMUP_ITERS,
+            (clip.CLIP_TYPE, clip.CLIP_VALUE) if clip.ENABLED else None,
+            kd,
+        )
         return (
             f"{found.describe()}. {advice}. (Thresholds: SOLVER.DIVERGENCE.FACTOR "
             f"{self.monitor.factor}, MIN_LOSS {self.monitor.min_loss}; SOLVER.DIVERGENCE.ENABLED "

@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.check import DatasetCheckError, check_datasets
-from ..modeling.checks import model_num_classes, reads_teacher_class_scores
+from ..modeling.checks import model_num_classes, num_classes_key, reads_teacher_class_scores
 from .hooks import unwrap_model
 
 __all__ = [
@@ -109,9 +109,25 @@ def check_num_classes(cfg, model) -> None:
             raise ValueError(
                 f"the {which} predicts {n} classes but the training data "
                 f"({', '.join(counts)}) has {expected} (thing_classes "
-                f"{list(MetadataCatalog.get(next(iter(counts))).thing_classes)}): set NUM_CLASSES "
-                f"{expected} in the {which.split()[0]}'s config (e.g. MODEL.RETINANET.NUM_CLASSES"
-                + (", in MODEL.KD.TEACHER.OPTS for the teacher" if which != "model" else "")
-                + ")"
+                f"{list(MetadataCatalog.get(next(iter(counts))).thing_classes)}): "
+                + _class_count_fix(cfg, which.split()[0], m, expected)
             )
     logger.info(f"Class count checked: {expected} classes in {names}")
+
+
+def _class_count_fix(cfg, which: str, model, expected: int) -> str:
+    """Where to set the class count of the "model", the "student" or the "teacher"."""
+    key = f"{num_classes_key(model)} {expected}"
+    if which == "teacher":
+        t = cfg.MODEL.KD.TEACHER
+        return (
+            f"set {key} in the teacher's config (MODEL.KD.TEACHER.CONFIG_FILE "
+            f"{t.CONFIG_FILE}) or add it to MODEL.KD.TEACHER.OPTS"
+        )
+    if which == "student":
+        return (
+            f"set {key} for the student in this config (the file given to --config-file or the "
+            "command line; the student's keys are the config's own, MODEL.KD.TEACHER.OPTS "
+            "changes only the teacher)"
+        )
+    return f"set {key} in the config"

@@ -14,14 +14,22 @@ __all__ = [
     "check_same_num_classes",
     "check_same_strides",
     "check_dense_detector",
+    "two_stage_losses",
     "check_kd_config",
     "reads_teacher_class_scores",
     "model_num_classes",
+    "num_classes_key",
 ]
 
 # What a dense (one-stage) detector offers that head-based losses read.
 DENSE_HEAD_ATTRS = ("head", "head_in_features", "anchor_generator")
-FEATURE_ONLY_LOSSES = "FeatureMSELoss, FGDLoss"
+
+
+def two_stage_losses() -> List[str]:
+    """The registered losses that work with two-stage models (``DistillLoss.TWO_STAGE``)."""
+    from .losses.registry import DISTILL_LOSS_REGISTRY  # here: the losses import this module
+
+    return sorted(name for name, cls in DISTILL_LOSS_REGISTRY if getattr(cls, "TWO_STAGE", False))
 
 
 def feature_shapes(
@@ -82,7 +90,7 @@ def check_dense_detector(model: nn.Module, which: str, loss: str) -> None:
         f"{loss} reads a dense (one-stage) detector's head on every FPN level, but the {which} "
         f"({type(model).__name__}{kind}) has no {', '.join(missing)}. Use a dense detector "
         f"(RetinaNet, FCOS, ATSS, GFL) as the {which}; two-stage models work with the losses "
-        f"that need only FPN features and ground truth ({FEATURE_ONLY_LOSSES})"
+        f"that need only FPN features and ground truth ({', '.join(two_stage_losses())})"
     )
 
 
@@ -182,6 +190,26 @@ def reads_teacher_class_scores(cfg) -> List[str]:
         ):
             out.append(name)
     return out
+
+
+# The config key of each detector's class count (the first match in the model's class hierarchy).
+NUM_CLASSES_KEYS = {
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "FCOS": "MODEL.FCOS.NUM_CLASSES",
+    "ATSS": "MODEL.ATSS.NUM_CLASSES",
+    "GFL": "MODEL.GFL.NUM_CLASSES",
+    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "DeformableDETR": "MODEL.DEFORMABLE_DETR.NUM_CLASSES",
+}
+
+
+def num_classes_key(model: nn.Module) -> str:
+    """The config key that sets ``model``'s class count, e.g. "MODEL.RETINANET.NUM_CLASSES"
+    (for an unknown detector, a description naming its config node's NUM_CLASSES)."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in NUM_CLASSES_KEYS:
+            return NUM_CLASSES_KEYS[cls.__name__]
+    return f"the NUM_CLASSES key of the {type(model).__name__} config node"
 
 
 def model_num_classes(model: nn.Module):

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Tuple
 
-__all__ = ["Divergence", "DivergenceMonitor", "is_kd_term"]
+__all__ = ["Divergence", "DivergenceMonitor", "is_kd_term", "divergence_advice"]
 
 
 def is_kd_term(name: str) -> bool:
@@ -59,6 +59,56 @@ class Divergence:
             f"{self.first_group} terms exploded first ({', '.join(self.first_terms)}, rising since "
             f"iteration {self.first_iteration})"
         )
+
+
+def divergence_advice(
+    first_group: str,
+    base_lr: float,
+    warmup_iters: int,
+    clip: Optional[Tuple[str, float]] = None,
+    kd: Optional[Tuple[Dict[str, float], int]] = None,
+) -> str:
+    """
+    What to change, following the group of terms that rose first (:attr:`Divergence.first_group`):
+    the distillation terms alone point at the distillation weights; the detection terms alone, or
+    both groups together, at the optimiser step (learning rate, warm-up, clipping) first.
+
+    Args:
+        first_group: "distillation", "detection" or "distillation and detection".
+        base_lr, warmup_iters: SOLVER.BASE_LR and SOLVER.WARMUP_ITERS.
+        clip: (CLIP_TYPE, CLIP_VALUE) when SOLVER.CLIP_GRADIENTS is enabled, else None.
+        kd: (loss -> weight, MODEL.KD.WARMUP_ITERS) for a distillation run, else None.
+    """
+    step = (
+        f"lower the learning rate SOLVER.BASE_LR (now {base_lr}) or lengthen "
+        f"SOLVER.WARMUP_ITERS (now {warmup_iters})"
+    )
+    if clip is None:
+        step += "; enable gradient clipping (SOLVER.CLIP_GRADIENTS.ENABLED True)"
+    else:
+        step += (
+            f"; gradient clipping (SOLVER.CLIP_GRADIENTS, {clip[0]} {clip[1]}) keeps the steps "
+            "finite but does not stop a too high learning rate"
+        )
+    if kd is None:
+        return step[0].upper() + step[1:]
+    weights = (
+        f"lower MODEL.KD.LOSS_WEIGHTS (now {kd[0]}) or set MODEL.KD.WARMUP_ITERS (now {kd[1]})"
+    )
+    if first_group == "distillation":
+        return (
+            f"The distillation terms rose first: above all, {weights}. If that is not enough, "
+            f"{step}"
+        )
+    if first_group == "detection":
+        return (
+            f"The detection terms rose first, not the distillation terms: {step}. "
+            f"MODEL.KD.LOSS_WEIGHTS (now {kd[0]}) are not the first suspect"
+        )
+    return (
+        "Detection and distillation terms rose together, which points at the optimiser step "
+        f"rather than the distillation weights: first {step}; only then {weights}"
+    )
 
 
 class DivergenceMonitor:

@@ -1,6 +1,7 @@
 """CrossKDLoss inside DistillDetector on CPU, four detectors: terms, zero when the student is the
 teacher, gradient routing, hold taps, in-place detection, normalisers and prior weights."""
 
+import math
 import types
 
 import pytest
@@ -9,9 +10,12 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances, pairwise_iou  # noqa: E402
 from torch import nn  # noqa: E402
 
 from d2kd.modeling.adapters import Conv1x1  # noqa: E402
+from d2kd.modeling.dense_outputs import DenseOutputs  # noqa: E402
+from d2kd.modeling.losses.dense_pair import gather_dense_pair  # noqa: E402
 
 from tests.integration.common import (  # noqa: E402
     REPO,
@@ -256,8 +260,6 @@ def test_fcos_centerness_normaliser(data):
     """D_ctr = sum of the positives' centerness targets (here: recomputed from the assignment)."""
     cfg, model = _model("FCOS")
     _, record = step_with_record(model, make_batch(cfg, data[:2]))
-    from d2kd.modeling.losses.dense_pair import gather_dense_pair
-
     loss = model.losses["CrossKDLoss"]
     pair = gather_dense_pair(record, model.student, model.teacher)
     labels, boxes = record.student_one("label_anchors()")
@@ -273,3 +275,82 @@ def test_fcos_centerness_normaliser(data):
     assert anchors.shape[0] == pair.gt_labels.shape[1]
     assert ctr.numel() > 0
     assert float(loss._normalizer(pair, record)) == pytest.approx(float(ctr.sum()), rel=1e-5)
+
+
+def _image(width, height, boxes):
+    """A dataset dict of a random ``height`` x ``width`` image with class-0 ``boxes`` (xyxy)."""
+    gen = torch.Generator().manual_seed(width)
+    inst = Instances((height, width))
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.gt_classes = torch.zeros(len(boxes), dtype=torch.long)
+    image = torch.randint(0, 256, (3, height, width), generator=gen).to(torch.uint8)
+    return {"image": image, "height": height, "width": width, "instances": inst}
+
+
+def _official_per_gpu_count(model, record, valid):
+    """mmdet's RetinaNet assignment (MaxIoU 0.5/0.4, every anchor at a box's best IoU positive)
+    over each image's *valid* anchors only; Z = sum_images max(#pos, 1)."""
+    anchors = Boxes(torch.cat([a.tensor for a in record.student_one("anchor_generator")]))
+    z = 0
+    for inst, ok in zip(record.gt_instances, valid):
+        iou = pairwise_iou(inst.gt_boxes, anchors)[:, ok]  # (G, V)
+        pos = iou.max(dim=0).values >= 0.5
+        pos |= (iou == iou.max(dim=1, keepdim=True).values).any(dim=0)
+        z += max(int(pos.sum()), 1)
+    return z
+
+
+def test_retinanet_positive_count_excludes_anchors_on_batch_padding():
+    """Issue 21: an 8x16 box at the right edge of a 96-px image in a 160-px batch. Detectron2
+    also matches the anchor centred on the padding column x = 96 (IoU 0.5 with the box, as the
+    valid one at x = 88), so the count was Z = 24 against the official 23 (every term 4.2% low)."""
+    cfg, model = _model("RetinaNet", ["MODEL.KD.CROSSKD.CROSS_BLOCK", 2])
+    batch = [
+        _image(96, 64, [[88, 24, 96, 40]]),
+        _image(160, 64, [[40, 16, 72, 48], [104, 16, 136, 48]]),
+    ]
+    losses, record = step_with_record(model, batch)
+    loss = model.losses["CrossKDLoss"]
+    pair = gather_dense_pair(record, model.student, model.teacher)
+    valid = pair.prior_weights > 0
+    assert int((pair.positives() & ~valid).sum()) == 1  # the anchor on the padding
+    assert _official_per_gpu_count(model, record, valid) == 23
+    assert float(loss._normalizer(pair, record)) == 23.0
+    # The terms are their sums over this count (the sums themselves agree with the official code).
+    loss._normalizer = lambda *a: torch.tensor(1.0)
+    sums = loss(record)
+    for name in ("loss_kd_crosskd_cls", "loss_kd_crosskd_reg"):
+        assert float(losses[name]) == pytest.approx(float(sums[name]) / 23.0, rel=1e-5)
+
+
+def _one_prior(box_reg, anchor=(0.0, 0.0, 64.0, 64.0)):
+    """DenseOutputs of one image with one prior (no classes needed by the regression term)."""
+    return DenseOutputs(
+        logits=torch.zeros(1, 1, 4),
+        box_reg=box_reg.view(1, 1, 4),
+        extras=[],
+        anchors=torch.tensor([anchor]),
+        level_sizes=[1],
+        level_shapes=[(1, 1)],
+        strides=[8],
+        num_anchors=1,
+    )
+
+
+@pytest.mark.parametrize("arch", ["RetinaNet", "ATSS"])
+def test_box_decoding_clamps_tiny_widths_and_heights_as_the_official_coder(arch):
+    """Issue 21: mmdet's coder clamps |dw|, |dh| to ln(1000/16) (no box under 1/62.5 of its
+    anchor), Detectron2's from above only. Teacher box 0.64 x 0.64 and cross box 0.8 x 64 on a
+    64 x 64 anchor: officially both widths (and the teacher's height) become 64 / 62.5 = 1.024,
+    so IoU = GIoU = 1 / 62.5 and 1 - GIoU = 0.984 (0.992 without the lower clamp)."""
+    _, model = _model(arch)
+    loss = model.losses["CrossKDLoss"]
+    assert loss.reg_loss == "giou"
+    weights = torch.tensor(model.student.box2box_transform.weights, dtype=torch.float32)
+    teacher = torch.tensor([0.0, 0.0, math.log(1 / 100), math.log(1 / 100)]) * weights
+    cross = torch.tensor([0.0, 0.0, math.log(1 / 80), 0.0]) * weights
+    cross.requires_grad_(True)
+    value = loss._reg(_one_prior(cross), _one_prior(teacher), torch.ones(1, 1), 1.0)
+    assert float(value) == pytest.approx(1 - 1 / 62.5, rel=1e-5)
+    value.backward()
+    assert float(cross.grad[2]) == 0.0 and float(cross.grad[3]) != 0.0  # dw clamped, dh not

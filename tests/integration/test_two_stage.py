@@ -14,6 +14,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from d2kd.config import get_d2kd_cfg  # noqa: E402
+from d2kd.modeling.checks import two_stage_losses  # noqa: E402
 
 from tests.integration.common import make_batch, tiny_cfg, tiny_shapes  # noqa: E402
 
@@ -26,7 +27,9 @@ RCNN_TINY = [
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 200, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
     "MODEL.DEVICE", "cpu", *INPUT,
 ]  # fmt: skip
-NODES = {"FeatureMSELoss": "FEATURE_MSE", "FGDLoss": "FGD"}
+NODES = {"FeatureMSELoss": "FEATURE_MSE", "FGDLoss": "FGD", "PKDLoss": "PKD"}
+# The losses that declare DistillLoss.TWO_STAGE: each is run below with two-stage models.
+TWO_STAGE = two_stage_losses()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def _cfg(student: str, loss: str):
     return cfg
 
 
-@pytest.mark.parametrize("loss", ["FeatureMSELoss", "FGDLoss"])
+@pytest.mark.parametrize("loss", TWO_STAGE)
 @pytest.mark.parametrize("student", ["retinanet", "faster_rcnn"])
 def test_two_stage_teacher_distils(data, student, loss):
     cfg = _cfg(student, loss)
@@ -90,10 +93,18 @@ def test_two_stage_teacher_distils(data, student, loss):
     assert any(k.endswith(f"_{level}") for k in kd_keys)
 
 
+def test_the_two_stage_losses_come_from_their_flag():
+    """Issue 21: the refusal below listed FeatureMSELoss and FGDLoss by hand and omitted PKD."""
+    assert TWO_STAGE == ["FGDLoss", "FeatureMSELoss", "PKDLoss"]
+
+
 @pytest.mark.parametrize("student", ["retinanet", "faster_rcnn"])
 def test_dense_head_losses_refuse_a_two_stage_model(student):
-    with pytest.raises(ValueError, match=r"PGDLoss reads a dense.*GeneralizedRCNN \(a two-stage"):
+    with pytest.raises(
+        ValueError, match=r"PGDLoss reads a dense.*GeneralizedRCNN \(a two-stage"
+    ) as e:
         build_model(_cfg(student, "PGDLoss"))
+    assert "ground truth (FGDLoss, FeatureMSELoss, PKDLoss)" in str(e.value)
     for loss in ("BCKDLoss",):  # the logit losses name what a two-stage model lacks too
         with pytest.raises(
             ValueError, match=rf"{loss} reads a dense.*GeneralizedRCNN \(a two-stage"

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from d2kd.methods.crosskd.terms import (
     align_to_teacher,
+    clamp_size_deltas,
     distribution_kl,
     giou_distance,
     iou_log_distance,
@@ -159,3 +160,16 @@ def test_retinanet_regression_example_by_hand():
     assert torch.allclose(w, torch.tensor([0.5, 0.25, 0.0]))
     dist = torch.tensor([1.079365, 0.5, 0.7])
     assert normalized_sum(dist, w, 1.0).item() == pytest.approx(0.664683, abs=1e-5)
+
+
+def test_size_deltas_are_clamped_from_below_as_mmdet():
+    """|dw / w_w|, |dh / w_h| <= ln(1000 / 16) (mmdet); only the lower side is added here (the
+    upper one is the decoder's). Weights (10, 10, 5, 5): the raw bound is -5 * 4.135."""
+    bound = math.log(1000 / 16)
+    deltas = torch.tensor([[-30.0, 30.0, -30.0, -20.0], [1.0, -1.0, 30.0, -21.0]])
+    deltas.requires_grad_(True)
+    out = clamp_size_deltas(deltas, (10.0, 10.0, 5.0, 5.0), bound)
+    expected = [[-30.0, 30.0, -5 * bound, -20.0], [1.0, -1.0, 30.0, -5 * bound]]
+    assert torch.allclose(out, torch.tensor(expected))
+    out.sum().backward()
+    assert deltas.grad.tolist() == [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0]]

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from d2kd.utils.divergence import DivergenceMonitor
+from d2kd.utils.divergence import DivergenceMonitor, divergence_advice
 
 
 def _feed(monitor, seq):
@@ -75,3 +75,25 @@ def test_invalid_settings_are_refused():
         DivergenceMonitor(factor=1.0)
     with pytest.raises(ValueError, match="MIN_HISTORY"):
         DivergenceMonitor(window=5, min_history=10)
+
+
+KD = ({"PGDLoss": 2.0}, 0)
+
+
+def test_advice_follows_the_group_that_rose_first():
+    """Issue 21: the advice said "above all, lower MODEL.KD.LOSS_WEIGHTS" whenever a distillation
+    term was among the first, also when detection terms rose with it."""
+    both = divergence_advice("distillation and detection", 0.01, 100, None, KD)
+    assert "above all" not in both.lower()
+    lr, clip, weights = (both.index(k) for k in ("BASE_LR", "CLIP_GRADIENTS", "LOSS_WEIGHTS"))
+    assert lr < clip < weights and "only then lower MODEL.KD.LOSS_WEIGHTS" in both
+    kd_only = divergence_advice("distillation", 0.01, 100, ("value", 1.0), KD)
+    assert kd_only.index("above all, lower MODEL.KD.LOSS_WEIGHTS (now {'PGDLoss': 2.0})") < (
+        kd_only.index("BASE_LR")
+    )
+    det_only = divergence_advice("detection", 0.01, 100, ("norm", 35.0), KD)
+    assert det_only.startswith("The detection terms rose first, not the distillation terms")
+    assert "above all" not in det_only.lower() and "not the first suspect" in det_only
+    assert "(SOLVER.CLIP_GRADIENTS, norm 35.0) keeps the steps finite" in det_only
+    plain = divergence_advice("detection", 0.01, 100, None, None)
+    assert plain.startswith("Lower the learning rate") and "LOSS_WEIGHTS" not in plain

@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from torch import Tensor, nn
@@ -58,6 +59,7 @@ from d2kd.utils.comm import reduce_mean
 
 from .terms import (
     align_to_teacher,
+    clamp_size_deltas,
     giou_distance,
     iou_log_distance,
     kd_quality_focal,
@@ -239,7 +241,10 @@ class CrossKDLoss(DistillLoss):
 
     # ------------------------------------------------------------------------- terms
     def _normalizer(self, pair: DensePair, record: DistillRecord) -> Tensor:
-        pos = pair.positives()
+        # Only positives with a nonzero prior weight count: the official code assigns valid
+        # anchors only, while Detectron2's RetinaNet also matches anchors on the batch padding
+        # of a smaller image (an object at its right edge gets one there).
+        pos = pair.positives() & (pair.prior_weights > 0)
         if self.normalizer == "pos_per_gpu":
             return pos.sum(dim=1).clamp(min=1).sum().float()
         if self.normalizer == "pos":
@@ -258,14 +263,24 @@ class CrossKDLoss(DistillLoss):
             omega = omega * (pair.gt_labels != -1).float()
         return omega
 
+    def _clamp(self, box_reg: Tensor) -> Tensor:
+        """(N, R, 4) deltas with the official two-sided width/height clamp (spec 2.6(c)) where the
+        student decodes with Detectron2's ``Box2BoxTransform``, which clamps from above only
+        (RetinaNet, ATSS); unchanged for other coders."""
+        student = self._models[0]
+        coder = getattr(student, "box2box_transform", None)
+        if not isinstance(coder, Box2BoxTransform) or hasattr(student, "kd_decode_boxes"):
+            return box_reg
+        return clamp_size_deltas(box_reg, coder.weights, coder.scale_clamp)
+
     def _reg(self, cross: DenseOutputs, t: DenseOutputs, w: Tensor, z: Tensor) -> Tensor:
         student = self._models[0]
         if self.reg_loss == "kl":
             bins = cross.box_reg.shape[-1] // 4
             return kl_regression_loss(cross.box_reg, t.box_reg, w, bins, self.kl_temperature)
-        boxes = decode_boxes(student, cross.box_reg, cross.anchors)
+        boxes = decode_boxes(student, self._clamp(cross.box_reg), cross.anchors)
         with torch.no_grad():
-            t_boxes = decode_boxes(student, t.box_reg, t.anchors).float()
+            t_boxes = decode_boxes(student, self._clamp(t.box_reg), t.anchors).float()
             # Detectron2's FCOS decodes ReLU(deltas), so a teacher box can have zero width or
             # height (mmdet's exp never does); there is no box to distil there, and the IoU of
             # two such boxes is 0 (-ln 1e-6 = 13.8 even when cross == teacher): weight 0.

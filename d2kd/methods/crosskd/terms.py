@@ -5,6 +5,7 @@ Shape shorthand: N images, C channels, H x W one level, R priors, K classes, S =
 B = reg_max + 1 distribution bins.
 """
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -21,6 +22,7 @@ __all__ = [
     "AVG_EPS",
     "normalized_sum",
     "kl_regression_loss",
+    "clamp_size_deltas",
 ]
 
 # mmdet's weight_reduce_loss divides a sum by (avg_factor + float32 eps).
@@ -124,3 +126,23 @@ def kl_regression_loss(
     """
     kl = distribution_kl(cross, teacher, bins, temperature).sum(dim=-1)  # (...)
     return (kl * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def clamp_size_deltas(deltas: Tensor, weights, scale_clamp: float) -> Tensor:
+    """
+    Clamp the width and height deltas from below, ``dw / w_w >= -scale_clamp`` (likewise dh),
+    so that a coder that clamps from above only (Detectron2's ``Box2BoxTransform``) decodes as
+    mmdet's ``DeltaXYWHBBoxCoder``, which clamps ``|dw|, |dh|`` to ``ln(1000 / 16)``: no box
+    narrower or lower than ``1 / 62.5`` of its anchor. Centre deltas are untouched; the gradient
+    passes where a delta is inside the bound (as ``clamp``).
+
+    Args:
+        deltas: (..., 4) raw deltas (dx, dy, dw, dh) times the coder's ``weights``.
+        weights: the coder's (w_x, w_y, w_w, w_h).
+        scale_clamp: the coder's upper bound of ``dw / w_w``.
+    Returns:
+        (..., 4).
+    """
+    dw = deltas[..., 2:3].clamp(min=-scale_clamp * float(weights[2]))
+    dh = deltas[..., 3:4].clamp(min=-scale_clamp * float(weights[3]))
+    return torch.cat([deltas[..., :2], dw, dh], dim=-1)

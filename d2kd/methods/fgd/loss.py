@@ -37,6 +37,8 @@ class FGDLoss(DistillLoss):
     the reference, where the optimizer holds the distillation modules' parameters.
     """
 
+    TWO_STAGE = True  # FPN features and ground-truth boxes only
+
     @configurable
     def __init__(
         self,

@@ -20,7 +20,13 @@ class DistillLoss(nn.Module):
     sub-modules (that would put them in the optimizer or the checkpoint twice).
 
     Loss terms are computed in fp32 (the meta-architecture turns autocast off around them).
+
+    :attr:`TWO_STAGE` is True for the losses that read only features and ground truth, so that
+    two-stage models (Detectron2's GeneralizedRCNN) work with them as teacher and student; the
+    refusal of a two-stage model by a dense-head loss lists them from this flag.
     """
+
+    TWO_STAGE: bool = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -28,6 +28,7 @@ class FeatureMapLoss(DistillLoss):
 
     NODE = ""
     TERM = ""
+    TWO_STAGE = True  # FPN features only
 
     def __init__(
         self,
