@@ -115,8 +115,10 @@ def _reset_cpu_peak() -> Optional[int]:
             f.write("5")
     except OSError:
         return None
-    rss = _proc_status_kb("VmRSS")
-    return None if rss is None else rss * 1024
+    # The baseline is the high-water mark just reset, not VmRSS read afterwards: the two come
+    # from counters the kernel updates at different times, and VmRSS was seen above the reset
+    # mark (a negative "peak" of -152 KiB on a step that reused freed pages).
+    return _cpu_peak()
 
 
 def _cpu_peak() -> Optional[int]:

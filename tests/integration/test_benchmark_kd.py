@@ -53,10 +53,11 @@ def test_measure_a_distillation_step_on_cpu():
     trained = "output/shapes/retinanet_R50/model_final.pth"
     assert result["device"] == "cpu" and result["teacher_weights"] in ("random init", trained)
     assert result["wall_s"] > 0 and result["cpu_s"] > 0 and len(result["wall_all"]) == 1
-    # In-process RSS over the baseline: inside pytest the step may reuse pages freed by earlier
-    # tests (seen: 2 MiB with torch 2.14.1), so only a positive growth is asserted here; the
-    # benchmark itself measures in a fresh process.
-    assert result["peak_mem_bytes"] is None or result["peak_mem_bytes"] > 0
+    # In-process peak RSS over the reset high-water mark: inside pytest the step may reuse pages
+    # freed by earlier tests (seen: 2 MiB with torch 2.14.1; 0 is possible), so only a measured,
+    # non-negative growth is asserted here; the benchmark itself measures in a fresh process.
+    assert result["mem_kind"] == "rss_peak_over_baseline"
+    assert result["peak_mem_bytes"] is None or result["peak_mem_bytes"] >= 0
 
 
 CROSSKD_CFG = os.path.join(REPO, "configs/shapes/kd/crosskd_gfl_R50_to_R18.yaml")
