@@ -6,7 +6,7 @@ import subprocess
 
 import torch
 
-__all__ = ["run_info", "write_run_info"]
+__all__ = ["run_info", "write_run_info", "update_run_info"]
 
 
 def _git_commit(path: str) -> str:
@@ -59,3 +59,16 @@ def write_run_info(cfg, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(run_info(cfg), f, indent=2)
+
+
+def update_run_info(path: str, entries: dict) -> None:
+    """Add ``entries`` to the run_info.json at ``path`` (written by write_run_info; created with
+    these entries alone when absent)."""
+    info = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            info = json.load(f)
+    info.update(entries)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2)
