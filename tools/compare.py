@@ -5,6 +5,7 @@ Paired multi-seed comparison of distillation methods against the plain student.
     python tools/compare.py --methods configs/shapes/kd/mse_retinanet_R18long_to_R18.yaml \\
         --seeds 42 43 44 --output output/compare --budget 120
     python tools/compare.py --methods A.yaml B.yaml --seeds 42 43 44 --dry-run   # plan + estimate
+    python tools/compare.py --methods A.yaml --calibrated    # shipped vs calibrated loss weights
 
 For every seed, the plain student (the method config with ``MODEL.META_ARCHITECTURE`` := its
 student's) and each method's distilled student are trained with that ``SEED``: a plain/distilled
@@ -78,6 +79,16 @@ def seed_cfgs(args, data: Dict, method: str, teacher_weights: str, seed: int):
     return plain, kd
 
 
+# --calibrated: each method once more with MODEL.KD.CALIBRATE on (ITERS/TARGET_RATIO from the
+# config, or --kd-opts), reported as "<method> (calibrated)".
+CALIBRATED = ("calibrated", ["MODEL.KD.CALIBRATE.ENABLED", True])
+
+
+def variants(args) -> List[Tuple[str, List]]:
+    """(label, extra distilled-stage overrides) of each distilled run per method and seed."""
+    return [("", [])] + ([CALIBRATED] if args.calibrated else [])
+
+
 def _cached(cfg, role: str) -> bool:
     return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")) and os.path.isfile(
         os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
@@ -94,10 +105,12 @@ def build_plan(args, data: Dict) -> List[Dict]:
     """
     plan, seen = [], set()
 
-    def add(role, method, seed, cfg):
+    def add(role, method, seed, cfg, variant=""):
         if cfg.OUTPUT_DIR not in seen:
             seen.add(cfg.OUTPUT_DIR)
-            plan.append({"role": role, "method": method, "seed": seed, "cfg": cfg})
+            plan.append(
+                {"role": role, "method": method, "seed": seed, "cfg": cfg, "variant": variant}
+            )
 
     teachers = {}
     for method in args.methods:
@@ -109,8 +122,12 @@ def build_plan(args, data: Dict) -> List[Dict]:
             weights = os.path.join(teachers[method].OUTPUT_DIR, "model_final.pth")
             plain, kd = seed_cfgs(args, data, method, weights, seed)
             add("student", method, seed, plain)
-            add("distilled", method, seed, kd)
-            plan[-1]["plain_dir"] = plain.OUTPUT_DIR
+            for label, opts in variants(args):
+                cfg = kd.clone()
+                cfg.merge_from_list(opts)
+                cfg.OUTPUT_DIR = os.path.join(args.cache_dir, "distilled", full_digest(cfg, data))
+                add("distilled", method, seed, cfg, label)
+                plan[-1]["plain_dir"] = plain.OUTPUT_DIR
     for p in plan:
         p["cached"] = not args.retrain and _cached(p["cfg"], p["role"])
     return plan
@@ -256,8 +273,12 @@ def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
     the method."""
     by_dir = {p["cfg"].OUTPUT_DIR: p for p in plan}
     rows = []
-    for method in args.methods:
-        kd = {p["seed"]: p for p in plan if p["role"] == "distilled" and p["method"] == method}
+    for method, (label, _) in ((m, v) for m in args.methods for v in variants(args)):
+        kd = {
+            p["seed"]: p
+            for p in plan
+            if p["role"] == "distilled" and p["method"] == method and p["variant"] == label
+        }
         plain = {s: by_dir[p["plain_dir"]] for s, p in kd.items()}
         stats = summarize(
             {s: _metrics(p) for s, p in plain.items()}, {s: _metrics(p) for s, p in kd.items()},
@@ -269,7 +290,8 @@ def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
         plain_row["plain_dirs"] = sorted(p["cfg"].OUTPUT_DIR for p in plain.values())
         if plain_row["plain_dirs"] not in [r.get("plain_dirs") for r in rows]:
             rows.append(plain_row)
-        rows.append({**_row(name, kd, stats, "distilled", "gain"), "config": demo._rel(method)})
+        kd_name = f"{name} ({label})" if label else name
+        rows.append({**_row(kd_name, kd, stats, "distilled", "gain"), "config": demo._rel(method)})
     return rows
 
 
@@ -325,7 +347,8 @@ def write_outputs(args, plan: List[Dict], rows: List[Dict], meta: Dict) -> None:
     import csv
 
     runs = [
-        {"role": p["role"], "method": demo._rel(p["method"]), "seed": p["seed"],
+        {"role": p["role"], "method": demo._rel(p["method"]), "variant": p["variant"],
+         "seed": p["seed"],
          "cached": p["cached"], "seconds": p["seconds"], "iters": p["cfg"].SOLVER.MAX_ITER,
          "config": demo._rel(os.path.join(p["cfg"].OUTPUT_DIR, "config.yaml")),
          "weights": demo._rel(p["weights"]), **_metrics(p)}
@@ -394,6 +417,8 @@ def parse_args(argv=None):
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for every stage")
     p.add_argument("--kd-opts", nargs="*", default=[], help="KEY VALUE overrides for the "
                    "distilled stages only (SEED is set by --seeds)")  # fmt: skip
+    p.add_argument("--calibrated", action="store_true", help="also run every method with "
+                   "MODEL.KD.CALIBRATE on (rows '<method> (calibrated)')")  # fmt: skip
     p.add_argument("--budget", type=float, default=None, help="refuse to start when the stages "
                    "to train are estimated at more than this many minutes")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")

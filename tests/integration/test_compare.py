@@ -107,3 +107,18 @@ def test_budget_refuses_before_training(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "teachers").exists()
     # Within budget once the seeds are fewer: the dry run estimates and trains nothing.
     assert compare.main(_argv(tmp_path, "--budget", "4", "--seeds", "5", "--dry-run")) == []
+
+
+def test_calibrated_adds_a_calibrated_distilled_run_per_seed_on_shapes_wide(tmp_path):
+    args = compare.parse_args(_argv(tmp_path, "--calibrated", "--dataset", "shapes_wide"))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    assert data["train"].startswith("demo_shapes_wide_train_")
+    plan = compare.build_plan(args, data)
+    assert {p["cfg"].INPUT.MAX_SIZE_TRAIN for p in plan} == {320}  # the variant's input sizes
+    kd = [p for p in plan if p["role"] == "distilled"]
+    assert [(p["seed"], p["variant"]) for p in kd] == [
+        (5, ""), (5, "calibrated"), (6, ""), (6, "calibrated")
+    ]  # fmt: skip
+    assert [p["cfg"].MODEL.KD.CALIBRATE.ENABLED for p in kd] == [False, True] * 2
+    assert len({p["cfg"].OUTPUT_DIR for p in kd}) == 4
+    assert kd[0]["plain_dir"] == kd[1]["plain_dir"] != kd[2]["plain_dir"]  # one plain per seed
