@@ -380,6 +380,9 @@ def plot(rows: List[Dict], path: str) -> None:
     std = [r["AP_std"] or 0.0 for r in rows]
     ax1.barh(ys, mean, xerr=std, capsize=4, color="tab:blue")
     ax1.set_yticks(ys, names, fontsize=7)
+    for y, m, e in zip(ys, mean, std):
+        ax1.text(m + e + 0.5, y, f"{m:.1f} +- {e:.1f}", va="center", fontsize=7)
+    ax1.set_xlim(0, 1.3 * max([m + e for m, e in zip(mean, std)] + [1.0]))
     ax1.set_xlabel("AP (mean +- std over seeds)")
     kd = [(i, r) for i, r in enumerate(rows) if r.get("gain_AP") is not None]
     for i, r in kd:
@@ -387,7 +390,8 @@ def plot(rows: List[Dict], path: str) -> None:
         err = [[0.0], [0.0]] if lo is None else [[r["gain_AP"] - lo], [hi - r["gain_AP"]]]
         ax2.errorbar([r["gain_AP"]], [i], xerr=err, fmt="o", capsize=4, color="tab:green")
     ax2.axvline(0.0, color="grey", lw=1)
-    ax2.set_yticks(ys, names, fontsize=7)
+    ax2.set_ylim(ax1.get_ylim())
+    ax2.set_yticks(ys, [""] * len(ys))
     ax2.set_xlabel("paired AP gain over the plain student (95 % CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
