@@ -166,16 +166,16 @@ def save_timing(args, key: str, sec_per_iter: float, eval_seconds: Optional[floa
 
 
 def measured_sec_per_iter(out_dir: str) -> Optional[float]:
-    """The last "time" (seconds per iteration, median over Detectron2's 20-iteration window)
-    that a run wrote to ``out_dir/metrics.json``."""
+    """Seconds per iteration of the run in ``out_dir``: the mean of the "time" values it wrote to
+    ``metrics.json`` (each the median over one of Detectron2's 20-iteration windows; the mean
+    follows a load that changed during the run, which the last value alone would not)."""
     path = os.path.join(out_dir, "metrics.json")
     if not os.path.isfile(path):
         return None
-    found = None
     with open(path) as f:
-        for line in f:
-            found = json.loads(line).get("time", found)
-    return found
+        times = [json.loads(line).get("time") for line in f if line.strip()]
+    times = [t for t in times if t is not None]
+    return sum(times) / len(times) if times else None
 
 
 def record_timing(args, cfg, role: str, seconds: float) -> None:
