@@ -240,7 +240,13 @@ def check_budget(args, plan: List[Dict]) -> float:
     seconds, notes = estimate(args, plan, allow_probe=args.budget is not None or args.dry_run)
     for n in notes:
         logger.warning(f"Estimate incomplete: {n}")
-    logger.info(f"Estimated time of the stages to train: {seconds / 60:.1f} min")
+    if notes:
+        logger.info(
+            f"Estimated time of the stages to train: at least {seconds / 60:.1f} min ({len(notes)} "
+            "never timed: --budget or --dry-run measures them first)"
+        )
+    else:
+        logger.info(f"Estimated time of the stages to train: {seconds / 60:.1f} min")
     if args.budget is not None and seconds > args.budget * 60:
         raise BudgetExceededError(
             f"tools/compare.py: the requested matrix ({len(todo)} stages to train) is estimated "
