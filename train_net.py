@@ -31,6 +31,7 @@ import d2kd  # noqa: F401  (registers d2kd's models and datasets)
 from d2kd.config import load_config_file
 from d2kd.data import build_train_mapper
 from d2kd.engine import (
+    CalibrationRecordHook,
     DivergenceHook,
     TeacherEvalHook,
     check_eval_only_weights,
@@ -98,6 +99,8 @@ class Trainer(DefaultTrainer):
         kd = self.cfg.MODEL.KD
         if self.cfg.MODEL.META_ARCHITECTURE == "DistillDetector" and kd.TEACHER.EVAL_AT_START:
             hooks.insert(0, TeacherEvalHook(self.cfg, self.build_test_loader, self.build_evaluator))
+        if self.cfg.MODEL.META_ARCHITECTURE == "DistillDetector" and kd.CALIBRATE.ENABLED:
+            hooks.append(CalibrationRecordHook(self.cfg))  # scales -> run_info.json
         if self.cfg.SOLVER.DIVERGENCE.ENABLED:
             hooks.insert(0, DivergenceHook(self.cfg))  # stops a run whose losses explode
         return hooks

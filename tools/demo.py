@@ -86,18 +86,50 @@ def _check_count(json_file: str, n: int) -> None:
         )
 
 
-def prepare_data(root: str, train_images: Optional[int], val_images: Optional[int]) -> Dict:
+# Input sizes a dataset variant is trained and tested at, prepended to --opts (shapes: the
+# configs' own 128 px; shapes_wide: about its native sizes, so that its small objects stay small).
+DATASET_OPTS = {
+    "shapes": [],
+    "shapes_wide": [
+        "INPUT.MIN_SIZE_TRAIN", (144,), "INPUT.MAX_SIZE_TRAIN", 320,
+        "INPUT.MIN_SIZE_TEST", 144, "INPUT.MAX_SIZE_TEST", 320,
+    ],
+}  # fmt: skip
+
+
+def dataset_opts(variant: str) -> List:
+    """The config overrides of a synthetic dataset variant (see DATASET_OPTS)."""
+    if variant not in DATASET_OPTS:
+        raise KeyError(f'unknown --dataset "{variant}"; known: {sorted(DATASET_OPTS)}')
+    return list(DATASET_OPTS[variant])
+
+
+def default_data_root(
+    root: Optional[str], train_images: Optional[int], val_images: Optional[int], variant: str
+) -> str:
+    """``root``, or the registered root of ``variant`` (suffixed when the counts are not the
+    default ones, so that a smaller copy never replaces the full dataset)."""
+    if root is not None:
+        return root
+    custom = train_images is not None or val_images is not None
+    suffix = f"_{train_images or 'all'}_{val_images or 'all'}" if custom else ""
+    return shapes_root(variant) + suffix
+
+
+def prepare_data(
+    root: str, train_images: Optional[int], val_images: Optional[int], variant: str = "shapes"
+) -> Dict:
     """Stage 1: generate what is missing and return the dataset names and the train json."""
-    default = root == shapes_root() and train_images is None and val_images is None
+    default = root == shapes_root(variant) and train_images is None and val_images is None
     names, counts = {}, {"train": train_images, "val": val_images}
     for split in ("train", "val"):
         n = counts[split] if counts[split] is not None else SPLITS[split][0]
-        json_file = ensure_shapes_dataset(root, split, n)
+        json_file = ensure_shapes_dataset(root, split, n, variant=variant)
         _check_count(json_file, n)
         key = hashlib.sha1(f"{os.path.abspath(root)}:{n}".encode()).hexdigest()[:8]
-        names[split] = f"shapes_{split}" if default else f"demo_shapes_{split}_{key}"
+        names[split] = f"{variant}_{split}" if default else f"demo_{variant}_{split}_{key}"
         if names[split] not in DatasetCatalog.list():
-            register_shapes(names[split], root, split, n)
+            register_shapes(names[split], root, split, n, variant=variant)
         logger.info(f"Dataset {names[split]}: {json_file}")
     names["train_json"] = os.path.join(root, "annotations", "instances_train.json")
     return names
@@ -173,14 +205,17 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
 
 def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
     """
-    Train ``cfg`` (the teacher, stage 2, or the plain student, stage 3), or reuse the model that
-    a run with the same resolved config and data left in ``cfg.OUTPUT_DIR``.
+    Train ``cfg`` (the teacher, stage 2, the plain student, stage 3, or with role "distilled"
+    the distilled student, as tools/compare.py caches it), or reuse the model that a run with
+    the same resolved config and data left in ``cfg.OUTPUT_DIR``.
 
     Returns:
         {"metrics": COCO bbox metrics, "seconds": training + evaluation when it was trained,
         "weights": checkpoint path, "cached": whether it was reused}
     """
-    stage, label = ("2/5", role) if role == "teacher" else ("3/5", f"plain {role}")
+    stage, label = {"teacher": ("2/5", role), "distilled": ("4/5", "distilled student")}.get(
+        role, ("3/5", f"plain {role}")
+    )
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
     if not retrain and os.path.isfile(weights) and os.path.isfile(metrics_file):
@@ -340,10 +375,7 @@ def parse_args(argv=None):
         args.teacher = train_net.load_cfg(args.method).MODEL.KD.TEACHER.CONFIG_FILE
     args.teacher = resolve_config_path(args.teacher)
     args.cache_dir = args.cache_dir or args.output
-    if args.data_root is None:
-        custom = args.train_images is not None or args.val_images is not None
-        suffix = f"_{args.train_images or 'all'}_{args.val_images or 'all'}" if custom else ""
-        args.data_root = shapes_root() + suffix
+    args.data_root = default_data_root(args.data_root, args.train_images, args.val_images, "shapes")
     return args
 
 

@@ -76,6 +76,20 @@ def add_kd_config(cfg: CN) -> None:
     # Warn once when the distillation losses exceed this multiple of the detection losses.
     _C.MODEL.KD.WARN_RATIO = 10.0
 
+    # Opt-in loss-scale calibration: over the first ITERS iterations the distillation losses are
+    # measured but not applied (the student trains on its detection loss alone), then each loss
+    # of MODEL.KD.LOSSES gets the scale TARGET_RATIO * mean(detection loss) / mean(that loss x
+    # its LOSS_WEIGHT), so that it starts at TARGET_RATIO of the detection loss. The scales are
+    # then frozen, logged, written to run_info.json and stored in checkpoints (--resume keeps
+    # them). WARMUP_ITERS and STOP_ITER still apply; the warm-up starts after calibration.
+    _C.MODEL.KD.CALIBRATE = CN()
+    # Turn calibration on.
+    _C.MODEL.KD.CALIBRATE.ENABLED = False
+    # Iterations measured (K).
+    _C.MODEL.KD.CALIBRATE.ITERS = 10
+    # Each distillation loss's target, as a multiple of the detection loss.
+    _C.MODEL.KD.CALIBRATE.TARGET_RATIO = 1.0
+
     # Copy the teacher's weights into the student where names and shapes match (PGD/FGD
     # "inheriting strategy"), after every other initialisation.
     _C.MODEL.KD.INHERIT = CN()

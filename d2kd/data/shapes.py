@@ -6,6 +6,12 @@ shapes of 4 classes, from small (~8 px) to large (~110 px, some above COCO's 96 
 some overlapping but none mostly hidden. The same seed gives the same files: every image is drawn
 from its own generator seeded by (seed, split, index).
 
+Variants (:data:`VARIANTS`, ``variant=`` of :func:`generate_split`): ``"shapes"`` is the above;
+``"shapes_wide"`` draws each image's height (96-192 px) and width (128-320 px) at random, so
+images are non-square with aspect ratios from 0.67 to 3.3 and batches are padded, and holds 1-12
+smaller shapes (~6 to ~48 px, most of them COCO "small"): a second dataset on which loss weights
+tuned for shapes (or COCO) meet other image and object sizes.
+
 Layout written under ``root``::
 
     root/{split}/000000.png ...
@@ -15,25 +21,43 @@ Layout written under ``root``::
 import json
 import logging
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-__all__ = ["SHAPE_CLASSES", "SPLITS", "generate_split", "ensure_shapes_dataset", "draw_image"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "SPLITS",
+    "VARIANTS",
+    "generate_split",
+    "ensure_shapes_dataset",
+    "draw_image",
+]
 
 logger = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ["circle", "square", "triangle", "cross"]
 # split -> (number of images, seed offset)
 SPLITS: Dict[str, Tuple[int, int]] = {"train": (2000, 0), "val": (200, 1)}
+# variant -> image height and width ranges (px, inclusive; None: image_size square), shape
+# half-size range (px, drawn log-uniformly), most shapes per image.
+VARIANTS: Dict[str, Dict] = {
+    "shapes": {"height": None, "width": None, "half_size": (4.0, 56.0), "max_objects": 7},
+    "shapes_wide": {
+        "height": (96, 192),
+        "width": (128, 320),
+        "half_size": (3.0, 24.0),
+        "max_objects": 12,
+    },
+}
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: a random colour gradient plus pixel noise."""
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(height, width, 3) uint8: a random colour gradient plus pixel noise."""
     c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
     angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / size
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
     t = (np.cos(angle) * xx + np.sin(angle) * yy + 1.0) / 2.0
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
     img += rng.normal(0, 12, img.shape)
@@ -66,24 +90,37 @@ def _iou(a, b) -> float:
     return inter / max(union, 1e-6)
 
 
-def draw_image(rng: np.random.Generator, size: int = 128) -> Tuple[np.ndarray, List[dict]]:
+def draw_image(
+    rng: np.random.Generator,
+    size: int = 128,
+    width: Optional[int] = None,
+    half_size: Tuple[float, float] = (4.0, 56.0),
+    max_objects: int = 7,
+) -> Tuple[np.ndarray, List[dict]]:
     """
-    Draw one image.
+    Draw one image of ``size`` (height) x ``width`` (default: ``size``) px.
+
+    Args:
+        half_size: range of the shapes' half-sizes (px), drawn log-uniformly (clipped so that a
+            shape fits the image).
+        max_objects: shapes drawn per image: 1 to this many (fewer when some would hide others).
 
     Returns:
-        (image, objects): BGR uint8 (size, size, 3), and per object {"category_id" (0-based),
+        (image, objects): BGR uint8 (size, width, 3), and per object {"category_id" (0-based),
         "bbox" [x0, y0, x1, y1] tight around the drawn pixels}.
     """
-    img = _background(rng, size)
+    height, width = size, width or size
+    img = _background(rng, height, width)
+    lo, hi = half_size[0], min(half_size[1], min(height, width) / 2 - 1)
     objects: List[dict] = []
-    for _ in range(int(rng.integers(1, 8))):
-        r = float(np.exp(rng.uniform(np.log(4.0), np.log(56.0))))  # half-size: 4..56 px
-        cx, cy = rng.uniform(r, size - r, 2)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        cx, cy = rng.uniform((r, r), (width - r, height - r))
         box = [cx - r, cy - r, cx + r, cy + r]
         if any(_iou(box, o["bbox"]) > 0.4 or _hides(box, o["bbox"]) for o in objects):
             continue  # some overlap, but no object hidden behind another
         cls = int(rng.integers(0, len(SHAPE_CLASSES)))
-        mask = np.zeros((size, size), np.uint8)
+        mask = np.zeros((height, width), np.uint8)
         _draw_shape(mask, cls, cx, cy, r, 255)
         ys, xs = np.nonzero(mask > 127)
         if len(xs) == 0:
@@ -119,26 +156,54 @@ def _hides(new_box, old_box) -> bool:
     return ix * iy >= 0.5 * (old_box[2] - old_box[0]) * (old_box[3] - old_box[1])
 
 
+def _image_size(variant: Dict, seed: int, offset: int, idx: int, image_size: int):
+    """(height, width) of image ``idx``: drawn from its own generator (so that the shapes'
+    draws are those of a square image of the same seed), or ``image_size`` square."""
+    if variant["height"] is None:
+        return image_size, image_size
+    rng = np.random.default_rng([seed, offset, idx, 1])
+    return int(rng.integers(*variant["height"], endpoint=True)), int(
+        rng.integers(*variant["width"], endpoint=True)
+    )
+
+
+def _variant(name: str) -> Dict:
+    if name not in VARIANTS:
+        raise KeyError(f'unknown synthetic dataset variant "{name}"; known: {sorted(VARIANTS)}')
+    return VARIANTS[name]
+
+
 def generate_split(
-    root: str, split: str, num_images: int, seed: int = 0, image_size: int = 128
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int = 0,
+    image_size: int = 128,
+    variant: str = "shapes",
 ) -> str:
     """
     Write ``num_images`` images and their COCO json for ``split`` under ``root``.
 
+    Args:
+        image_size: side of the square images of a variant without size ranges ("shapes").
+        variant: a key of :data:`VARIANTS`.
+
     Returns:
         the path of the annotation json.
     """
+    spec = _variant(variant)
     img_dir = os.path.join(root, split)
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     images, annotations = [], []
     offset = SPLITS.get(split, (0, 7))[1]
     for idx in range(num_images):
+        height, width = _image_size(spec, seed, offset, idx, image_size)
         rng = np.random.default_rng([seed, offset, idx])
-        img, objects = draw_image(rng, image_size)
+        img, objects = draw_image(rng, height, width, spec["half_size"], spec["max_objects"])
         name = f"{idx:06d}.png"
         cv2.imwrite(os.path.join(img_dir, name), img)
-        images.append({"id": idx + 1, "file_name": name, "width": image_size, "height": image_size})
+        images.append({"id": idx + 1, "file_name": name, "width": width, "height": height})
         for o in objects:
             x0, y0, x1, y1 = o["bbox"]
             annotations.append(
@@ -152,7 +217,7 @@ def generate_split(
                 }
             )
     coco = {
-        "info": {"description": f"d2kd synthetic shapes, split {split}, seed {seed}"},
+        "info": {"description": _description(variant, split, seed)},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
@@ -165,11 +230,19 @@ def generate_split(
     return json_file
 
 
-def ensure_shapes_dataset(root: str, split: str, num_images: int = None, seed: int = 0) -> str:
-    """Generate ``split`` under ``root`` unless its json already exists; return the json path."""
+def _description(variant: str, split: str, seed: int) -> str:
+    name = "shapes" if variant == "shapes" else f"shapes (variant {variant})"
+    return f"d2kd synthetic {name}, split {split}, seed {seed}"
+
+
+def ensure_shapes_dataset(
+    root: str, split: str, num_images: int = None, seed: int = 0, variant: str = "shapes"
+) -> str:
+    """Generate ``split`` (of ``variant``) under ``root`` unless its json already exists; return
+    the json path."""
     json_file = os.path.join(root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(json_file):
         n = num_images if num_images is not None else SPLITS[split][0]
-        logger.info(f"Generating the synthetic shapes dataset: {n} {split} images under {root}")
-        generate_split(root, split, n, seed)
+        logger.info(f"Generating the synthetic {variant} dataset: {n} {split} images under {root}")
+        generate_split(root, split, n, seed, variant=variant)
     return json_file

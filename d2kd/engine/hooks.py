@@ -1,13 +1,14 @@
 """Training hooks for distillation."""
 
 import logging
+import os
 
 from detectron2.engine import HookBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["TeacherEvalHook", "unwrap_model"]
+__all__ = ["TeacherEvalHook", "CalibrationRecordHook", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,26 @@ class TeacherEvalHook(HookBase):
         if comm.is_main_process():
             self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
         self.results = flat
+
+
+class CalibrationRecordHook(HookBase):
+    """
+    Once ``MODEL.KD.CALIBRATE`` has frozen its scales (or a resumed checkpoint brought them back),
+    add what it measured and set to ``OUTPUT_DIR/run_info.json`` as ``"kd_calibration"``.
+    """
+
+    def __init__(self, cfg):
+        self.path = os.path.join(cfg.OUTPUT_DIR, "run_info.json")
+        self._written = False
+
+    def after_step(self):
+        if self._written:
+            return
+        calibrator = getattr(unwrap_model(self.trainer.model), "calibrator", None)
+        if calibrator is None or not calibrator.done:
+            return
+        self._written = True
+        if comm.is_main_process():
+            from .run_info import update_run_info
+
+            update_run_info(self.path, {"kd_calibration": calibrator.report()})

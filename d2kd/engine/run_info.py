@@ -9,7 +9,13 @@ from typing import Optional
 
 import torch
 
-__all__ = ["run_info", "write_run_info", "teacher_weights_sha256", "check_resumed_teacher"]
+__all__ = [
+    "run_info",
+    "write_run_info",
+    "update_run_info",
+    "teacher_weights_sha256",
+    "check_resumed_teacher",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +136,16 @@ def write_run_info(cfg, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(run_info(cfg), f, indent=2)
+
+
+def update_run_info(path: str, entries: dict) -> None:
+    """Add ``entries`` to the run_info.json at ``path`` (written by write_run_info; created with
+    these entries alone when absent)."""
+    info = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            info = json.load(f)
+    info.update(entries)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2)

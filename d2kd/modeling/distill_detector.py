@@ -6,7 +6,9 @@ Training step, in order (one private method each):
      ``MODEL.KD.TEACHER.PRECISION`` (its taps and output cast back to fp32; see teacher_speed.py);
   2. run the student's ordinary training forward, recording its taps -> detection losses;
   3. gather both into a :class:`DistillRecord` (checking both saw the same padded tensor);
-  4. compute every distillation loss on the record, in fp32, times its weight and the warm-up;
+  4. compute every distillation loss on the record, in fp32, times its weight, the warm-up and
+     its calibrated scale (``MODEL.KD.CALIBRATE``: during the first ``ITERS`` iterations the
+     losses are only measured, see calibrate.py);
   5. merge the terms (``loss_kd_*``) into the student's loss dict.
 At test time the forward is the student's own, so evaluators and exports see a plain detector.
 """
@@ -23,6 +25,7 @@ from torch import nn
 from ..utils.checkpoint import SafeCheckpointer
 from ..utils.comm import reduce_mean
 from ..utils.modules import hold_unregistered
+from .calibrate import LossCalibrator
 from .checks import check_kd_config
 from .inherit import check_head_share, inherit_teacher_weights
 from .losses import build_distill_losses
@@ -122,6 +125,8 @@ class DistillDetector(nn.Module):
         teacher_precision: str = "fp32",
         teacher_fold_norms: bool = False,
         teacher_channels_last: bool = False,
+        calibrate_iters: int = 0,
+        calibrate_target_ratio: float = 1.0,
     ):
         """
         Args:
@@ -136,6 +141,9 @@ class DistillDetector(nn.Module):
             warn_ratio: warn once when distillation losses exceed this multiple of the task losses.
             teacher_precision / teacher_fold_norms / teacher_channels_last: see
                 ``MODEL.KD.TEACHER.PRECISION`` / ``FOLD_NORMS`` / ``CHANNELS_LAST``.
+            calibrate_iters / calibrate_target_ratio: ``MODEL.KD.CALIBRATE`` (0 iterations: off;
+                otherwise a :class:`LossCalibrator` submodule, ``calibrator``, whose buffers
+                checkpoints carry).
         """
         super().__init__()
         self.student = student
@@ -158,6 +166,9 @@ class DistillDetector(nn.Module):
         self.student_recorder = TapRecorder(student, s_taps)
         self.teacher_recorder = TapRecorder(teacher, t_taps)
         self._warned_ratio = False
+        self.calibrator = None
+        if calibrate_iters > 0:
+            self.calibrator = LossCalibrator(list(losses), calibrate_iters, calibrate_target_ratio)
 
     @classmethod
     def from_config(cls, cfg):
@@ -186,6 +197,8 @@ class DistillDetector(nn.Module):
             "teacher_precision": kd.TEACHER.PRECISION,
             "teacher_fold_norms": kd.TEACHER.FOLD_NORMS,
             "teacher_channels_last": kd.TEACHER.CHANNELS_LAST,
+            "calibrate_iters": kd.CALIBRATE.ITERS if kd.CALIBRATE.ENABLED else 0,
+            "calibrate_target_ratio": kd.CALIBRATE.TARGET_RATIO,
         }
 
     # ----------------------------------------------------------------------------- checks
@@ -228,6 +241,8 @@ class DistillDetector(nn.Module):
         """Training: student losses + ``loss_kd_*``. Inference: the student's own output."""
         if not self.training:
             return self.student(batched_inputs)
+        if self.calibrating:
+            return self._calibration_step(batched_inputs)
         factor = self._kd_factor()
         if factor == 0.0:
             return self._student_only(batched_inputs)
@@ -238,6 +253,11 @@ class DistillDetector(nn.Module):
         self._log(s_losses, kd_losses, factor)
         return {**s_losses, **kd_losses}
 
+    @property
+    def calibrating(self) -> bool:
+        """Whether this step only measures the losses (``MODEL.KD.CALIBRATE``)."""
+        return self.calibrator is not None and not self.calibrator.done
+
     def _kd_factor(self) -> float:
         it = _current_iter()
         if it is None:
@@ -245,11 +265,44 @@ class DistillDetector(nn.Module):
         if self.stop_iter >= 0 and it >= self.stop_iter:
             return 0.0
         if self.warmup_iters > 0:
-            return min(1.0, (it + 1) / self.warmup_iters)
+            # The warm-up starts when the distillation does: after calibration, if any.
+            start = self.calibrator.iters if self.calibrator is not None else 0
+            return min(1.0, max(0, it - start + 1) / self.warmup_iters)
         return 1.0
 
+    def _calibration_step(self, batched_inputs):
+        """Measure every distillation loss (times its weight) against the detection loss, apply
+        none of them; freeze and log the scales after the last measured step."""
+        t_images, t_out, t_taps = self._run_teacher(batched_inputs)
+        s_losses = self._run_student(batched_inputs)
+        record = self._make_record(batched_inputs, t_images, t_out, t_taps, s_losses)
+        with torch.no_grad():
+            terms = self._terms_by_loss(record)
+        det = float(reduce_mean(sum(v.detach() for v in s_losses.values())))
+        zero = torch.zeros((), device=self.device)
+        kd = {
+            name: float(reduce_mean(sum(ts.values(), zero) * self.loss_weights[name]))
+            for name, ts in terms.items()
+        }
+        if self.calibrator.update(det, kd):
+            rep = self.calibrator.report()
+            logger.info(
+                f"MODEL.KD.CALIBRATE: over {rep['iters']} iterations the detection loss averaged "
+                f"{rep['mean_detection_loss']:.4g} and the weighted distillation losses "
+                f"{ {k: round(v, 6) for k, v in rep['mean_kd_loss'].items()} }; frozen scales "
+                f"(target {rep['target_ratio']:g}x the detection loss): {rep['scales']}"
+            )
+        if _current_iter() is not None:
+            get_event_storage().put_scalars(
+                **{f"kd_calib/{n}_to_det": v / max(det, 1e-12) for n, v in kd.items()},
+                smoothing_hint=False,
+            )
+        return self._touch_loss_params(s_losses)
+
     def _student_only(self, batched_inputs):
-        losses = self.student(batched_inputs)
+        return self._touch_loss_params(self.student(batched_inputs))
+
+    def _touch_loss_params(self, losses):
         # Touch the losses' parameters so DDP (no find_unused_parameters) sees them used.
         params = list(self.losses.parameters())
         if params:
@@ -296,18 +349,29 @@ class DistillDetector(nn.Module):
             teacher_versions=self.teacher_recorder.versions_snapshot(),
         )
 
-    def _compute_kd(self, record: DistillRecord, factor: float) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = {}
+    def _terms_by_loss(self, record: DistillRecord) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Every loss's unweighted terms, in fp32: loss name -> {term: scalar tensor}."""
+        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        seen = set()
         with torch.autocast(device_type=self.device.type, enabled=False):
             for name, loss in self.losses.items():
-                weight = self.loss_weights[name] * factor
-                for term, value in loss(record).items():
-                    if not term.startswith("loss_kd_") or term in out:
+                out[name] = loss(record)
+                for term in out[name]:
+                    if not term.startswith("loss_kd_") or term in seen:
                         raise KeyError(
                             f"{name} returned term '{term}': names must start with loss_kd_ and "
                             "be unique"
                         )
-                    out[term] = value * weight
+                    seen.add(term)
+        return out
+
+    def _compute_kd(self, record: DistillRecord, factor: float) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        for name, terms in self._terms_by_loss(record).items():
+            weight = self.loss_weights[name] * factor
+            if self.calibrator is not None:
+                weight *= self.calibrator.scale(name)
+            out.update({term: value * weight for term, value in terms.items()})
         return out
 
     def _log(self, s_losses, kd_losses, factor: float) -> None:

@@ -81,7 +81,7 @@ def test_boxes_are_tight_around_the_drawn_shape(monkeypatch):
     import d2kd.data.shapes as shapes
 
     monkeypatch.setattr(
-        shapes, "_background", lambda rng, size: np.zeros((size, size, 3), np.uint8)
+        shapes, "_background", lambda rng, height, width: np.zeros((height, width, 3), np.uint8)
     )
     checked = 0
     for i in range(40):
@@ -126,3 +126,34 @@ def test_generator_imports_without_detectron2():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_shapes_wide_is_deterministic_non_square_with_varied_sizes_and_smaller_objects(tmp_path):
+    wide = _load(generate_split(str(tmp_path / "w"), "train", 16, seed=0, variant="shapes_wide"))
+    again = _load(generate_split(str(tmp_path / "w2"), "train", 16, seed=0, variant="shapes_wide"))
+    assert wide == again
+    sizes = {(im["height"], im["width"]) for im in wide["images"]}
+    assert len(sizes) == 16 and all(h != w for h, w in sizes)  # varied: batches get padding
+    assert all(96 <= h <= 192 and 128 <= w <= 320 for h, w in sizes)
+    ratios = [w / h for h, w in sizes]
+    assert min(ratios) < 1.2 and max(ratios) > 2.0
+    import cv2
+
+    first = wide["images"][0]
+    img = cv2.imread(str(tmp_path / "w" / "train" / first["file_name"]))
+    assert img.shape == (first["height"], first["width"], 3)
+    for a in wide["annotations"]:
+        im = wide["images"][a["image_id"] - 1]
+        x, y, w, h = a["bbox"]
+        assert 0 <= x and x + w <= im["width"] and 0 <= y and y + h <= im["height"]
+    square = _load(generate_split(str(tmp_path / "s"), "train", 16, seed=0))
+    side = [max(a["bbox"][2:]) for a in wide["annotations"]]
+    assert max(side) <= 50 and np.median(side) < np.median(
+        [max(a["bbox"][2:]) for a in square["annotations"]]
+    )
+    assert len(wide["annotations"]) / 16 > len(square["annotations"]) / 16  # more objects
+
+
+def test_unknown_variant_is_named():
+    with pytest.raises(KeyError, match="shapes_wide"):
+        generate_split("/nonexistent", "train", 1, variant="shapez")

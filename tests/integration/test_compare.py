@@ -1,0 +1,124 @@
+"""tools/compare.py on a few images and iterations: pairing by seed, caching, outputs, budget."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
+
+from detectron2.engine.hooks import CallbackHook  # noqa: E402
+
+from tools import compare, demo  # noqa: E402
+
+
+def _argv(tmp_path, *extra):
+    return [
+        "--output", str(tmp_path / "out"),
+        "--data-root", str(tmp_path / "data"),
+        "--train-images", "4", "--val-images", "2",
+        "--teacher-iters", "1", "--student-iters", "1",
+        "--device", "cpu", "--seeds", "5", "6",
+        "--opts", "SOLVER.IMS_PER_BATCH", "2",
+        *extra,
+    ]  # fmt: skip
+
+
+def _recording_trainer(records):
+    """demo.DemoTrainer that records, per run, the student's initial weights and first batch."""
+
+    class Recording(demo.DemoTrainer):
+        def build_hooks(self):
+            rec = {"seed": self.cfg.SEED, "arch": self.cfg.MODEL.META_ARCHITECTURE}
+            records.append(rec)
+
+            def before_train(trainer):
+                student = getattr(trainer.model, "student", trainer.model)
+                rec["weights"] = {k: v.clone() for k, v in student.state_dict().items()}
+
+                def first_batch(module, args):
+                    rec.setdefault("batch", [(x["file_name"], x["image"].clone()) for x in args[0]])
+
+                student.register_forward_pre_hook(first_batch)
+
+            # After demo's re-seeding hook, which build_hooks puts first.
+            return super().build_hooks() + [CallbackHook(before_train=before_train)]
+
+    return Recording
+
+
+def test_pairs_share_initial_weights_and_first_batch_and_cached_runs_cost_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    records = []
+    monkeypatch.setattr(demo, "DemoTrainer", _recording_trainer(records))
+    rows = compare.main(_argv(tmp_path))
+    runs = {(r["arch"], r["seed"]): r for r in records}
+    assert {k for k in runs if k[0] == "DistillDetector"} == {("DistillDetector", 5),
+                                                              ("DistillDetector", 6)}  # fmt: skip
+    for seed in (5, 6):
+        plain, kd = runs[("RetinaNet", seed)], runs[("DistillDetector", seed)]
+        assert plain["weights"].keys() == kd["weights"].keys()
+        for k in plain["weights"]:
+            assert torch.equal(plain["weights"][k], kd["weights"][k]), (seed, k)
+        assert [f for f, _ in plain["batch"]] == [f for f, _ in kd["batch"]]
+        for (_, a), (_, b) in zip(plain["batch"], kd["batch"]):
+            assert torch.equal(a, b)
+    # Another seed: another initialisation (the pairing is not a constant).
+    w5, w6 = runs[("RetinaNet", 5)]["weights"], runs[("RetinaNet", 6)]["weights"]
+    assert any(not torch.equal(w5[k], w6[k]) for k in w5 if w5[k].is_floating_point())
+
+    out = tmp_path / "out"
+    assert [r["model"] for r in rows] == [
+        "plain student (mse_retinanet_R18long_to_R18)",
+        "mse_retinanet_R18long_to_R18",
+    ]
+    assert rows[1]["n"] == 2 and rows[1]["seeds"] == [5, 6] and "gain_AP_ci_low" in rows[1]
+    saved = json.loads((out / "compare.json").read_text())
+    assert [r["role"] for r in saved["runs"]] == ["teacher"] + ["student", "distilled"] * 2
+    assert saved["threads"] == torch.get_num_threads()
+    with open(out / "compare.csv") as f:
+        assert [r["seeds"] for r in csv.DictReader(f)] == ["5 6", "5 6"]
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timings = json.loads((out / "timings.json").read_text())
+    assert sorted(k.split("|")[0] for k in timings) == ["distilled", "student", "teacher"]
+
+    # Again: every stage is cached, so the estimate is 0 and even a zero budget is enough.
+    records.clear()
+    again = compare.main(_argv(tmp_path, "--budget", "0"))
+    assert records == [] and again[1]["cached"] == 2
+    assert json.loads((out / "compare.json").read_text())["estimated_seconds"] == 0.0
+
+
+def test_budget_refuses_before_training(tmp_path, monkeypatch):
+    probed = []
+
+    def fake_probe(args, cfg, role):  # 1 minute per iteration, measured by nothing
+        probed.append(role)
+        compare.save_timing(args, compare.timing_key(cfg, role), 60.0, 0.0, "test")
+
+    monkeypatch.setattr(compare, "probe", fake_probe)
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda cfg: pytest.fail("trained"))
+    # 1 teacher + 2 x (plain + distilled) iterations of 1 minute each: 5 minutes > 4.
+    with pytest.raises(compare.BudgetExceededError, match=r"5\.0 min, more than --budget 4 min"):
+        compare.main(_argv(tmp_path, "--budget", "4"))
+    assert sorted(set(probed)) == ["distilled", "student", "teacher"]
+    assert not (tmp_path / "out" / "teachers").exists()
+    # Within budget once the seeds are fewer: the dry run estimates and trains nothing.
+    assert compare.main(_argv(tmp_path, "--budget", "4", "--seeds", "5", "--dry-run")) == []
+
+
+def test_calibrated_adds_a_calibrated_distilled_run_per_seed_on_shapes_wide(tmp_path):
+    args = compare.parse_args(_argv(tmp_path, "--calibrated", "--dataset", "shapes_wide"))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    assert data["train"].startswith("demo_shapes_wide_train_")
+    plan = compare.build_plan(args, data)
+    assert {p["cfg"].INPUT.MAX_SIZE_TRAIN for p in plan} == {320}  # the variant's input sizes
+    kd = [p for p in plan if p["role"] == "distilled"]
+    assert [(p["seed"], p["variant"]) for p in kd] == [
+        (5, ""), (5, "calibrated"), (6, ""), (6, "calibrated")
+    ]  # fmt: skip
+    assert [p["cfg"].MODEL.KD.CALIBRATE.ENABLED for p in kd] == [False, True] * 2
+    assert len({p["cfg"].OUTPUT_DIR for p in kd}) == 4
+    assert kd[0]["plain_dir"] == kd[1]["plain_dir"] != kd[2]["plain_dir"]  # one plain per seed

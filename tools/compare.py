@@ -1,0 +1,481 @@
+#!/usr/bin/env python
+"""
+Paired multi-seed comparison of distillation methods against the plain student.
+
+    python tools/compare.py --methods configs/shapes/kd/mse_retinanet_R18long_to_R18.yaml \\
+        --seeds 42 43 44 --output output/compare --budget 120
+    python tools/compare.py --methods A.yaml B.yaml --seeds 42 43 44 --dry-run   # plan + estimate
+    python tools/compare.py --methods A.yaml --calibrated    # shipped vs calibrated loss weights
+
+For every seed, the plain student (the method config with ``MODEL.META_ARCHITECTURE`` := its
+student's) and each method's distilled student are trained with that ``SEED``: a plain/distilled
+pair starts from the same initial student weights and sees the same batches (tools/demo.py's
+trainer re-seeds before the first step). Teachers, plain students and distilled students are
+cached under ``--cache-dir`` by a hash of their resolved config and training data (the same cache
+as tools/demo.py's), so a run that is already there costs nothing and methods sharing a student
+train it once per seed. Every stage is evaluated with COCOEvaluator on the val split.
+
+Reported per config: mean and standard deviation (over seeds) of AP, AP50, AP75, APs, APm, APl,
+the paired gain over the plain student (mean of the per-seed differences) with its 95 % confidence
+interval (Student's t over the differences), and the wall time. Written under ``--output``:
+``compare.json`` (every run and the summaries), ``compare.csv`` (one line per config),
+``compare.png`` (AP mean +- std, and the gain with its interval).
+
+``--budget MINUTES`` estimates up front how long the runs that are not cached will take on this
+machine (per-iteration times measured by earlier runs of the same stage, thread count and device,
+kept in ``<cache-dir>/timings.json``; a stage never timed is measured by a short probe run first)
+and refuses to start when the estimate exceeds the budget.
+"""
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from tools import demo  # noqa: E402
+from tools.compare_stats import mean_std, summarize  # noqa: E402
+from tools.results_table import format_ap  # noqa: E402
+
+METRICS = demo.METRICS
+logger = logging.getLogger("d2kd.compare")
+
+
+class BudgetExceededError(SystemExit):
+    """The requested matrix is estimated to take longer than ``--budget``."""
+
+
+# ----------------------------------------------------------------------------- plan
+def full_digest(cfg, data: Dict) -> str:
+    """12 hex digits of the whole resolved config (KD node included, OUTPUT_DIR excluded) and the
+    training annotations: the key of a cached distilled run."""
+    cfg = cfg.clone()
+    cfg.OUTPUT_DIR = ""
+    with open(data["train_json"], "rb") as f:
+        return hashlib.sha256(cfg.dump().encode() + f.read()).hexdigest()[:12]
+
+
+def seed_cfgs(args, data: Dict, method: str, teacher_weights: str, seed: int):
+    """The plain and distilled configs of ``method`` for ``seed`` (demo.student_cfgs, then
+    ``SEED`` := seed on both and each written to its cache folder)."""
+    ns = copy.copy(args)
+    ns.method = method
+    plain, kd = demo.student_cfgs(ns, data, teacher_weights)
+    plain.SEED = kd.SEED = seed
+    plain.OUTPUT_DIR = os.path.join(args.cache_dir, "students", demo._digest(plain, data))
+    kd.OUTPUT_DIR = os.path.join(args.cache_dir, "distilled", full_digest(kd, data))
+    return plain, kd
+
+
+# --calibrated: each method once more with MODEL.KD.CALIBRATE on (ITERS/TARGET_RATIO from the
+# config, or --kd-opts), reported as "<method> (calibrated)".
+CALIBRATED = ("calibrated", ["MODEL.KD.CALIBRATE.ENABLED", True])
+
+
+def variants(args) -> List[Tuple[str, List]]:
+    """(label, extra distilled-stage overrides) of each distilled run per method and seed."""
+    return [("", [])] + ([CALIBRATED] if args.calibrated else [])
+
+
+def _cached(cfg, role: str) -> bool:
+    return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")) and os.path.isfile(
+        os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
+    )
+
+
+def build_plan(args, data: Dict) -> List[Dict]:
+    """
+    Every stage the comparison needs, in training order, each once (a plain student shared by
+    several methods appears once per seed).
+
+    Returns:
+        [{"role": "teacher" | "student" | "distilled", "method", "seed", "cfg", "cached"}]
+    """
+    plan, seen = [], set()
+
+    def add(role, method, seed, cfg, variant=""):
+        if cfg.OUTPUT_DIR not in seen:
+            seen.add(cfg.OUTPUT_DIR)
+            plan.append(
+                {"role": role, "method": method, "seed": seed, "cfg": cfg, "variant": variant}
+            )
+
+    teachers = {}
+    for method in args.methods:
+        tcfg = demo.teacher_cfg(demo.train_net.load_cfg(method), data, args)
+        teachers[method] = tcfg
+        add("teacher", method, tcfg.SEED, tcfg)
+    for seed in args.seeds:
+        for method in args.methods:
+            weights = os.path.join(teachers[method].OUTPUT_DIR, "model_final.pth")
+            plain, kd = seed_cfgs(args, data, method, weights, seed)
+            add("student", method, seed, plain)
+            for label, opts in variants(args):
+                cfg = kd.clone()
+                cfg.merge_from_list(opts)
+                cfg.OUTPUT_DIR = os.path.join(args.cache_dir, "distilled", full_digest(cfg, data))
+                add("distilled", method, seed, cfg, label)
+                plan[-1]["plain_dir"] = plain.OUTPUT_DIR
+    for p in plan:
+        p["cached"] = not args.retrain and _cached(p["cfg"], p["role"])
+    return plan
+
+
+# ----------------------------------------------------------------------------- timing
+def timing_key(cfg, role: str) -> str:
+    """What a stage's per-iteration time depends on: role, model, batch, device, threads."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    kd = ",".join(cfg.MODEL.KD.LOSSES) if arch == "DistillDetector" else ""
+    model = hashlib.sha256(cfg.MODEL.dump().encode() + cfg.INPUT.dump().encode()).hexdigest()[:8]
+    return (
+        f"{role}|{arch}|{kd}|model={model}|ims={cfg.SOLVER.IMS_PER_BATCH}|"
+        f"{cfg.MODEL.DEVICE}|threads={torch.get_num_threads()}"
+    )
+
+
+def _timings_path(args) -> str:
+    return os.path.join(args.cache_dir, "timings.json")
+
+
+def load_timings(args) -> Dict[str, Dict]:
+    path = _timings_path(args)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_timing(args, key: str, sec_per_iter: float, eval_seconds: Optional[float], source: str):
+    timings = load_timings(args)
+    timings[key] = {"sec_per_iter": sec_per_iter, "eval_seconds": eval_seconds, "source": source}
+    os.makedirs(args.cache_dir, exist_ok=True)
+    with open(_timings_path(args), "w") as f:
+        json.dump(timings, f, indent=2)
+
+
+def measured_sec_per_iter(out_dir: str) -> Optional[float]:
+    """Seconds per iteration of the run in ``out_dir``: the mean of the "time" values it wrote to
+    ``metrics.json`` (each the median over one of Detectron2's 20-iteration windows; the mean
+    follows a load that changed during the run, which the last value alone would not)."""
+    path = os.path.join(out_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        times = [json.loads(line).get("time") for line in f if line.strip()]
+    times = [t for t in times if t is not None]
+    return sum(times) / len(times) if times else None
+
+
+def record_timing(args, cfg, role: str, seconds: float) -> None:
+    """After training ``cfg``: its per-iteration time and the rest of ``seconds`` (evaluation,
+    building) into timings.json."""
+    spi = measured_sec_per_iter(cfg.OUTPUT_DIR) or seconds / cfg.SOLVER.MAX_ITER
+    rest = max(0.0, seconds - spi * cfg.SOLVER.MAX_ITER)
+    save_timing(args, timing_key(cfg, role), spi, rest, f"run {cfg.OUTPUT_DIR}")
+
+
+def probe(args, cfg, role: str) -> None:
+    """Measure ``cfg``'s per-iteration time with a ``--probe-iters`` run (no evaluation) in a
+    temporary folder."""
+    pcfg = cfg.clone()
+    pcfg.merge_from_list(demo.schedule_opts(pcfg, args.probe_iters))
+    pcfg.DATASETS.TEST = ()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        pcfg.OUTPUT_DIR = tmp
+        demo.train_and_evaluate(pcfg)
+        spi = measured_sec_per_iter(tmp)
+    spi = spi or (time.perf_counter() - start) / args.probe_iters
+    logger.info(f"Probe of the {role} ({args.probe_iters} iterations): {spi:.2f} s/iteration")
+    save_timing(args, timing_key(cfg, role), spi, None, f"probe of {args.probe_iters} iterations")
+
+
+def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str]]:
+    """
+    Seconds the stages of ``plan`` that are not cached will take (cached ones cost 0): their
+    iterations times the measured seconds per iteration, plus the evaluation time measured for
+    the same stage (or the largest one measured for any stage, when a probe gave only the
+    iteration time). Probes stages never timed when ``allow_probe``.
+
+    Returns:
+        (seconds, notes): notes name the stages with no measurement (counted as 0).
+    """
+    timings, notes, total = load_timings(args), [], 0.0
+    for p in plan:
+        if p["cached"]:
+            continue
+        key = timing_key(p["cfg"], p["role"])
+        if key not in timings and allow_probe:
+            probe(args, p["cfg"], p["role"])
+            timings = load_timings(args)
+        if key not in timings:
+            notes.append(f"no measured time for the {p['role']} of {p['method']} ({key})")
+            continue
+        evals = [t["eval_seconds"] for t in timings.values() if t["eval_seconds"] is not None]
+        t = timings[key]
+        rest = t["eval_seconds"] if t["eval_seconds"] is not None else max(evals, default=0.0)
+        total += t["sec_per_iter"] * p["cfg"].SOLVER.MAX_ITER + rest
+    return total, notes
+
+
+def check_budget(args, plan: List[Dict]) -> float:
+    """Log the plan and its estimate; raise BudgetExceededError when it exceeds ``--budget``."""
+    todo = [p for p in plan if not p["cached"]]
+    logger.info(
+        f"Plan: {len(plan)} stages, {len(plan) - len(todo)} cached (cost 0), {len(todo)} to "
+        f"train, at {torch.get_num_threads()} thread(s) on {plan[0]['cfg'].MODEL.DEVICE}"
+    )
+    seconds, notes = estimate(args, plan, allow_probe=args.budget is not None or args.dry_run)
+    for n in notes:
+        logger.warning(f"Estimate incomplete: {n}")
+    if notes:
+        logger.info(
+            f"Estimated time of the stages to train: at least {seconds / 60:.1f} min ({len(notes)} "
+            "never timed: --budget or --dry-run measures them first)"
+        )
+    else:
+        logger.info(f"Estimated time of the stages to train: {seconds / 60:.1f} min")
+    if args.budget is not None and seconds > args.budget * 60:
+        raise BudgetExceededError(
+            f"tools/compare.py: the requested matrix ({len(todo)} stages to train) is estimated "
+            f"at {seconds / 60:.1f} min, more than --budget {args.budget:g} min; nothing was "
+            "trained. Ask for fewer seeds, methods or iterations, or a larger --budget"
+        )
+    return seconds
+
+
+# ----------------------------------------------------------------------------- run
+def run_plan(args, plan: List[Dict]) -> None:
+    """Train (or reuse) every stage of ``plan``; each entry gains "metrics", "seconds",
+    "weights", "cached"."""
+    for i, p in enumerate(plan):
+        logger.info(
+            f"Stage {i + 1}/{len(plan)}: {p['role']} of {demo._rel(p['method'])}, seed {p['seed']}"
+        )
+        out = demo.run_cached_stage(p["cfg"], args.retrain, p["role"])
+        if not out["cached"]:
+            record_timing(args, p["cfg"], p["role"], out["seconds"])
+        p.update(out)
+
+
+def _metrics(p: Dict) -> Dict[str, float]:
+    return {m: p["metrics"].get(m) for m in METRICS}
+
+
+def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
+    """One summary per config: each method's plain student (once when methods share it), then
+    the method."""
+    by_dir = {p["cfg"].OUTPUT_DIR: p for p in plan}
+    rows = []
+    for method, (label, _) in ((m, v) for m in args.methods for v in variants(args)):
+        kd = {
+            p["seed"]: p
+            for p in plan
+            if p["role"] == "distilled" and p["method"] == method and p["variant"] == label
+        }
+        plain = {s: by_dir[p["plain_dir"]] for s, p in kd.items()}
+        stats = summarize(
+            {s: _metrics(p) for s, p in plain.items()}, {s: _metrics(p) for s, p in kd.items()},
+            METRICS,
+        )  # fmt: skip
+        name = os.path.splitext(os.path.basename(method))[0]
+        plain_row = _row(f"plain student ({name})", plain, stats, "plain", None)
+        plain_row["config"] = demo._rel(method)
+        plain_row["plain_dirs"] = sorted(p["cfg"].OUTPUT_DIR for p in plain.values())
+        if plain_row["plain_dirs"] not in [r.get("plain_dirs") for r in rows]:
+            rows.append(plain_row)
+        kd_name = f"{name} ({label})" if label else name
+        rows.append({**_row(kd_name, kd, stats, "distilled", "gain"), "config": demo._rel(method)})
+    return rows
+
+
+def _row(name: str, runs: Dict[int, Dict], stats: Dict, side: str, gain: Optional[str]) -> Dict:
+    seconds = mean_std([p["seconds"] for p in runs.values()])
+    row = {"model": name, "seeds": sorted(runs), "n": len(runs), "seconds_mean": seconds["mean"]}
+    row["cached"] = sum(bool(p["cached"]) for p in runs.values())
+    for m in METRICS:
+        row[f"{m}_mean"] = stats[m][side]["mean"]
+        row[f"{m}_std"] = stats[m][side]["std"]
+        if gain:
+            g = stats[m]["gain"]
+            row.update({f"gain_{m}": g["mean"], f"gain_{m}_ci_low": g["ci_low"],
+                        f"gain_{m}_ci_high": g["ci_high"]})  # fmt: skip
+    return row
+
+
+# ----------------------------------------------------------------------------- report
+def _pm(mean, std) -> str:
+    if mean is None:
+        return "nan"
+    return format_ap(mean) + ("" if std is None else f" +- {std:.1f}")
+
+
+def format_rows(rows: List[Dict]) -> str:
+    head = f"{'config':<52}{'n':>3}{'AP':>14}{'AP50':>14}{'gain AP [95% CI]':>28}{'s/run':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        gain = ""
+        if r.get("gain_AP") is not None:
+            lo, hi = r["gain_AP_ci_low"], r["gain_AP_ci_high"]
+            ci = "" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]"
+            gain = f"{r['gain_AP']:+.1f}{ci}"
+        secs = "" if r["seconds_mean"] is None else f"{r['seconds_mean']:.0f}"
+        lines.append(
+            f"{r['model'][:52]:<52}{r['n']:>3}{_pm(r['AP_mean'], r['AP_std']):>14}"
+            f"{_pm(r['AP50_mean'], r['AP50_std']):>14}{gain:>28}{secs:>8}"
+        )
+    return "\n".join(lines)
+
+
+def _clean(v):
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def write_outputs(args, plan: List[Dict], rows: List[Dict], meta: Dict) -> None:
+    import csv
+
+    runs = [
+        {"role": p["role"], "method": demo._rel(p["method"]), "variant": p["variant"],
+         "seed": p["seed"],
+         "cached": p["cached"], "seconds": p["seconds"], "iters": p["cfg"].SOLVER.MAX_ITER,
+         "config": demo._rel(os.path.join(p["cfg"].OUTPUT_DIR, "config.yaml")),
+         "weights": demo._rel(p["weights"]), **_metrics(p)}
+        for p in plan
+    ]  # fmt: skip
+    with open(os.path.join(args.output, "compare.json"), "w") as f:
+        json.dump(_clean({**meta, "summary": rows, "runs": runs}), f, indent=2)
+    fields = ["model", "config", "n", "seeds", "cached", "seconds_mean"]
+    for m in METRICS:
+        fields += [f"{m}_mean", f"{m}_std", f"gain_{m}", f"gain_{m}_ci_low", f"gain_{m}_ci_high"]
+    with open(os.path.join(args.output, "compare.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([{**_clean(r), "seeds": " ".join(map(str, r["seeds"]))} for r in rows])
+    plot(rows, os.path.join(args.output, "compare.png"))
+
+
+def plot(rows: List[Dict], path: str) -> None:
+    """AP mean +- std per config (left), paired AP gain with its 95 % interval (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4 + 0.2 * len(rows)))
+    names = [r["model"] for r in rows]
+    ys = list(range(len(rows)))
+    mean = [r["AP_mean"] or 0.0 for r in rows]
+    std = [r["AP_std"] or 0.0 for r in rows]
+    ax1.barh(ys, mean, xerr=std, capsize=4, color="tab:blue")
+    ax1.set_yticks(ys, names, fontsize=7)
+    for y, m, e in zip(ys, mean, std):
+        ax1.text(m + e + 0.5, y, f"{m:.1f} +- {e:.1f}", va="center", fontsize=7)
+    ax1.set_xlim(0, 1.3 * max([m + e for m, e in zip(mean, std)] + [1.0]))
+    ax1.set_xlabel("AP (mean +- std over seeds)")
+    kd = [(i, r) for i, r in enumerate(rows) if r.get("gain_AP") is not None]
+    for i, r in kd:
+        lo, hi = r["gain_AP_ci_low"], r["gain_AP_ci_high"]
+        err = [[0.0], [0.0]] if lo is None else [[r["gain_AP"] - lo], [hi - r["gain_AP"]]]
+        ax2.errorbar([r["gain_AP"]], [i], xerr=err, fmt="o", capsize=4, color="tab:green")
+    ax2.axvline(0.0, color="grey", lw=1)
+    ax2.set_ylim(ax1.get_ylim())
+    ax2.set_yticks(ys, [""] * len(ys))
+    ax2.set_xlabel("paired AP gain over the plain student (95 % CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument(
+        "--methods", nargs="+", default=[demo.DEFAULT_METHOD], help="distillation configs"
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44], help="one pair per seed")
+    p.add_argument("--teacher", default=demo.DEFAULT_TEACHER, help='as tools/demo.py ("method")')
+    p.add_argument("--output", default="output/compare", help="where compare.{json,csv,png} go")
+    p.add_argument("--cache-dir", default=None, help="stage cache (default: --output)")
+    p.add_argument("--teacher-iters", type=int, help="default: the teacher config's MAX_ITER")
+    p.add_argument("--student-iters", type=int, help="default: the method config's MAX_ITER")
+    p.add_argument("--dataset", default="shapes", help="synthetic dataset variant: shapes | "
+                   "shapes_wide (non-square, varied sizes, small objects)")  # fmt: skip
+    p.add_argument("--data-root", default=None, help="dataset root (default: the registered one)")
+    p.add_argument("--train-images", type=int, default=None, help="train images (default: all)")
+    p.add_argument("--val-images", type=int, default=None, help="val images (default: all)")
+    p.add_argument("--device", default="cuda", help="cuda (falls back to cpu when absent) or cpu")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader workers per stage")
+    p.add_argument("--retrain", action="store_true", help="ignore every cached stage")
+    p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for every stage")
+    p.add_argument("--kd-opts", nargs="*", default=[], help="KEY VALUE overrides for the "
+                   "distilled stages only (SEED is set by --seeds)")  # fmt: skip
+    p.add_argument("--calibrated", action="store_true", help="also run every method with "
+                   "MODEL.KD.CALIBRATE on (rows '<method> (calibrated)')")  # fmt: skip
+    p.add_argument("--budget", type=float, default=None, help="refuse to start when the stages "
+                   "to train are estimated at more than this many minutes")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
+    p.add_argument("--probe-iters", type=int, default=5, help="iterations of a timing probe")
+    args = p.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds has repeated values: {args.seeds}")
+    args.methods = [demo.resolve_config_path(m) for m in args.methods]
+    if args.teacher == "method":
+        args.teacher = demo.train_net.load_cfg(args.methods[0]).MODEL.KD.TEACHER.CONFIG_FILE
+    args.teacher = demo.resolve_config_path(args.teacher)
+    args.cache_dir = args.cache_dir or args.output
+    args.data_root = demo.default_data_root(
+        args.data_root, args.train_images, args.val_images, args.dataset
+    )
+    args.opts = demo.dataset_opts(args.dataset) + list(args.opts)
+    return args
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    for name in ("detectron2", "d2kd"):
+        setup_logger(args.output, name=name)
+    start = time.perf_counter()
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = build_plan(args, data)
+    estimated = check_budget(args, plan)
+    if args.dry_run:
+        return []
+    run_plan(args, plan)
+    rows = summarize_plan(args, plan)
+    meta = {
+        "methods": [demo._rel(m) for m in args.methods],
+        "seeds": args.seeds,
+        "device": plan[0]["cfg"].MODEL.DEVICE,
+        "threads": torch.get_num_threads(),
+        "estimated_seconds": estimated,
+        "total_seconds": time.perf_counter() - start,
+        "datasets": {"train": data["train"], "val": data["val"], "root": args.data_root},
+    }
+    write_outputs(args, plan, rows, meta)
+    print(f"\n{format_rows(rows)}\n\nTotal {meta['total_seconds']:.0f} s (estimated "
+          f"{estimated:.0f} s); written: {os.path.join(args.output, 'compare.{json,csv,png}')}",
+          flush=True)  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    main()
