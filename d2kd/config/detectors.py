@@ -40,9 +40,15 @@ def add_atss_config(cfg: CN) -> None:
     # Box coder weights: (1/0.1, 1/0.1, 1/0.2, 1/0.2), i.e. mmdet's DeltaXYWH stds.
     _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     _C.MODEL.ATSS.GIOU_LOSS_WEIGHT = 2.0
+    # Test-time scores: "sqrt" (sqrt(cls * centerness) thresholded, ranked and returned, as the
+    # official ATSS code) or "mmdet" (threshold and top-k on the class score alone, NMS on and
+    # output of cls * centerness, as mmdetection's ATSSHead).
+    _C.MODEL.ATSS.TEST_SCORE_MODE = "sqrt"
     _C.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
     _C.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.ATSS.NMS_THRESH_TEST = 0.6
+    # Clip test-time boxes to the image before NMS (mmdet) instead of after it (Detectron2).
+    _C.MODEL.ATSS.CLIP_BOXES_BEFORE_NMS = False
 
 
 def add_gfl_config(cfg: CN) -> None:
@@ -71,3 +77,5 @@ def add_gfl_config(cfg: CN) -> None:
     _C.MODEL.GFL.SCORE_THRESH_TEST = 0.05
     _C.MODEL.GFL.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.GFL.NMS_THRESH_TEST = 0.6
+    # Clip test-time boxes to the image before NMS (mmdet) instead of after it (Detectron2).
+    _C.MODEL.GFL.CLIP_BOXES_BEFORE_NMS = False

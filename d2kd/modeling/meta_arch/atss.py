@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, batched_nms
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
@@ -112,6 +112,7 @@ class ATSS(SquareAnchorDetector):
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         giou_loss_weight: float = 2.0,
+        test_score_mode: str = "sqrt",
         **kwargs,
     ):
         """
@@ -119,6 +120,8 @@ class ATSS(SquareAnchorDetector):
             box2box_transform: delta coder (default weights (10, 10, 5, 5)).
             focal_loss_alpha / focal_loss_gamma: sigmoid focal loss parameters.
             giou_loss_weight: weight of the GIoU box loss.
+            test_score_mode: "sqrt" (the official ATSS code) or "mmdet" (mmdetection's
+                ATSSHead), see ``MODEL.ATSS.TEST_SCORE_MODE``.
             kwargs: those of :class:`SquareAnchorDetector` (backbone, head, head_in_features,
                 num_classes, pixel_mean and pixel_std required; anchor and test parameters).
         """
@@ -129,6 +132,11 @@ class ATSS(SquareAnchorDetector):
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.giou_loss_weight = giou_loss_weight
+        if test_score_mode not in ("sqrt", "mmdet"):
+            raise ValueError(
+                f'MODEL.ATSS.TEST_SCORE_MODE must be "sqrt" or "mmdet", got {test_score_mode!r}'
+            )
+        self.test_score_mode = test_score_mode
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -139,6 +147,7 @@ class ATSS(SquareAnchorDetector):
             "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
             "giou_loss_weight": c.GIOU_LOSS_WEIGHT,
+            "test_score_mode": c.TEST_SCORE_MODE,
         }
 
     @property
@@ -209,9 +218,60 @@ class ATSS(SquareAnchorDetector):
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
+            if self.test_score_mode == "mmdet":
+                cls = [x[i].sigmoid() for x in pred_logits]
+                ctr = [x[i].squeeze(-1).sigmoid() for x in pred_ctr]
+                deltas = [x[i] for x in pred_deltas]
+                results.append(
+                    self.inference_single_image_mmdet(anchors, cls, ctr, deltas, image_size)
+                )
+                continue
             scores = [
                 torch.sqrt(x[i].sigmoid() * y[i].sigmoid()) for x, y in zip(pred_logits, pred_ctr)
             ]
             deltas = [x[i] for x in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
+
+    def inference_single_image_mmdet(
+        self,
+        anchors: List[Boxes],
+        cls: List[Tensor],
+        ctr: List[Tensor],
+        deltas: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        mmdetection's ATSSHead inference: per level, (anchor, class) pairs whose class score
+        exceeds the threshold, the top-k of them by class score; boxes decoded (clipped to the
+        image where ``clip_boxes_before_nms``); class-wise NMS on and output of cls * ctr.
+
+        Args:
+            anchors: L Boxes (R_l, 4); cls: L (R_l, K) class probabilities; ctr: L (R_l,)
+                centerness probabilities; deltas: L (R_l, 4) of this image.
+        """
+        boxes, scores, classes = [], [], []
+        for anchors_l, cls_l, ctr_l, deltas_l in zip(anchors, cls, ctr, deltas):
+            keep = cls_l > self.test_score_thresh
+            idxs = torch.nonzero(keep)  # (M, 2): anchor, class
+            top, order = cls_l[keep].topk(min(self.test_topk_candidates, len(idxs)))
+            anchor_idxs, class_idxs = idxs[order].unbind(dim=1)
+            boxes.append(
+                self.box2box_transform.apply_deltas(
+                    deltas_l[anchor_idxs], anchors_l.tensor[anchor_idxs]
+                )
+            )
+            scores.append(top * ctr_l[anchor_idxs])
+            classes.append(class_idxs)
+        pred = Instances(
+            image_size,
+            pred_boxes=Boxes(torch.cat(boxes)),
+            scores=torch.cat(scores),
+            pred_classes=torch.cat(classes),
+        )
+        if self.clip_boxes_before_nms:
+            pred.pred_boxes.clip(image_size)
+        keep = batched_nms(
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
+        return pred[keep[: self.max_detections_per_image]]
