@@ -5,6 +5,7 @@ Converting checkpoints of other frameworks into d2kd models' state dicts.
 registers its converter on import.
 """
 
+from . import mmdet  # noqa: F401  (registers "mmdet")
 from .registry import (
     CONVERTERS,
     CheckpointConverter,
