@@ -20,6 +20,23 @@ def add_fcos_config(cfg: CN) -> None:
     _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
     _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+    # mmdetection's FCOS (teachers converted from it; defaults: Detectron2's FCOS).
+    # A learnable scale per level on the box regression (mmdet, the FCOS paper; Detectron2: none).
+    _C.MODEL.FCOS.HEAD_SCALES = False
+    # Centerness branch on the box tower (True: Detectron2, mmdet centerness_on_reg=True) or on the
+    # classification tower (False: mmdet's default FCOS).
+    _C.MODEL.FCOS.CENTERNESS_ON_REG = True
+    # Box regression: "relu" (distances relu(x) x stride: Detectron2, mmdet norm_on_bbox=True) or
+    # "exp" (distances exp(x) in pixels: mmdet's default FCOS).
+    _C.MODEL.FCOS.BOX_PARAM = "relu"
+    # Location of the points in a stride cell: 0.0 (Detectron2: i x stride) or 0.5 (mmdet:
+    # (i + 0.5) x stride).
+    _C.MODEL.FCOS.POINT_OFFSET = 0.0
+    # Test-time scores: "sqrt" (Detectron2: sqrt(cls x centerness) thresholded, ranked, returned)
+    # or "mmdet" (threshold and top-k on the class score, NMS on and output of cls x centerness).
+    _C.MODEL.FCOS.TEST_SCORE_MODE = "sqrt"
+    # Clip test-time boxes to the image before NMS (mmdet) instead of after it (Detectron2).
+    _C.MODEL.FCOS.CLIP_BOXES_BEFORE_NMS = False
 
 
 def add_atss_config(cfg: CN) -> None:

@@ -1,6 +1,6 @@
 """
-mmdetection checkpoints (2.x and 3.x) of RetinaNet, ATSS and GFL with a ResNet / ResNeXt + FPN
-backbone, onto the d2kd model of a teacher config (pure PyTorch; no Detectron2, no mmdet).
+mmdetection checkpoints (2.x and 3.x) of RetinaNet, ATSS, GFL and FCOS with a ResNet / ResNeXt +
+FPN backbone, onto the d2kd model of a teacher config (pure PyTorch; no Detectron2, no mmdet).
 
 The file is mmdetection's ``save_checkpoint`` layout: ``{"meta": {...}, "state_dict": {...}}``
 (2.x meta carries ``mmcv_version``, 3.x ``mmengine_version`` / ``dataset_meta``; the keys of
@@ -39,12 +39,14 @@ FAMILIES = {
     "RetinaNetClipBeforeNMS": ("retinanet", "RETINANET"),
     "ATSS": ("atss", "ATSS"),
     "GFL": ("gfl", "GFL"),
+    "FCOS": ("fcos", "FCOS"),
 }
 # family -> {mmdet predictor name: d2kd head attribute}
 PREDICTORS = {
     "retinanet": {"retina_cls": "cls_score", "retina_reg": "bbox_pred"},
     "atss": {"atss_cls": "cls_score", "atss_reg": "bbox_pred", "atss_centerness": "centerness"},
     "gfl": {"gfl_cls": "cls_score", "gfl_reg": "bbox_pred"},
+    "fcos": {"conv_cls": "cls_score", "conv_reg": "bbox_pred", "conv_centerness": "ctrness"},
 }
 # Bottleneck / basic blocks per stage of mmdet's (and Detectron2's) ResNet depths.
 BLOCKS = {
@@ -167,7 +169,9 @@ class _Layout:
                     names |= {f"head.{tower}.{step * i + 1}.{k}" for k in ("weight", "bias")}
         for target in PREDICTORS[self.family].values():
             names |= {f"head.{target}.weight", f"head.{target}.bias"}
-        if self.family in ("atss", "gfl"):
+        if self.family in ("atss", "gfl") or (
+            self.family == "fcos" and self.cfg.MODEL.FCOS.HEAD_SCALES
+        ):
             names |= {f"head.scales.{i}.scale" for i in range(self.head_levels)}
         return names
 
@@ -293,12 +297,12 @@ def _listing(kind: str, names: List[str]) -> str:
 
 
 class MMDetConverter(CheckpointConverter):
-    """mmdetection 2.x / 3.x RetinaNet, ATSS, GFL (ResNet / ResNeXt + FPN) -> d2kd."""
+    """mmdetection 2.x / 3.x RetinaNet, ATSS, GFL, FCOS (ResNet / ResNeXt + FPN) -> d2kd."""
 
     name = "mmdet"
     description = (
-        "mmdetection 2.x / 3.x checkpoint (meta + state_dict) of RetinaNet, ATSS or GFL with a "
-        "ResNet / ResNeXt FPN backbone"
+        "mmdetection 2.x / 3.x checkpoint (meta + state_dict) of RetinaNet, ATSS, GFL or FCOS "
+        "with a ResNet / ResNeXt FPN backbone"
     )
 
     def matches(self, checkpoint: Dict[str, Any]) -> bool:

@@ -26,11 +26,12 @@ from .common import REPO, config_path
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "convert", "mmdet", "mmdet_fixtures.pth")
 MAX_REL = 1e-4
 
-# family -> (teacher config, config node, FPN channels of the fixture, mmdet output names)
+# family -> (teacher config, config node, FPN channels of the fixture)
 FAMILIES = {
     "retinanet": ("teachers/mmdet_retinanet_R101_FPN.yaml", "RETINANET", 16),
     "gfl": ("teachers/mmdet_gfl_R101_FPN.yaml", "GFL", 32),
     "atss": ("teachers/mmdet_atss_R101_FPN.yaml", "ATSS", 32),
+    "fcos": ("teachers/mmdet_fcos_R101_caffe_FPN.yaml", "FCOS", 32),
 }
 
 
@@ -68,10 +69,12 @@ def converted_model(family: str, checkpoint: dict):
     return model, cfg
 
 
-def run_head(model, image: torch.Tensor):
+def run_head(model, image: torch.Tensor, input_format: str = "RGB"):
     """d2kd's head outputs (lists of L maps) and its detections before ``detector_postprocess``
     (which would also drop boxes clipped to zero width: mmdet keeps them)."""
     h, w = image.shape[-2:]
+    if input_format == "BGR":  # the fixture's image is RGB
+        image = image.flip(0)
     with torch.no_grad():
         images = model.preprocess_image([{"image": image.float(), "height": h, "width": w}])
         assert tuple(images.tensor.shape[-2:]) == (h, w)  # no padding: sides are multiples of 128
@@ -104,13 +107,13 @@ def assert_same_detections(det, ref: dict):
     assert max_rel(det.pred_boxes.tensor, ref["boxes"]) <= MAX_REL
 
 
-@pytest.mark.parametrize("family", ["retinanet", "gfl", "atss"])
+@pytest.mark.parametrize("family", ["retinanet", "gfl", "atss", "fcos"])
 def test_head_outputs_and_detections_match_mmdet(fixtures, family):
     fix = fixtures["families"][family]
     assert detect_format(fix["checkpoint"]) == "mmdet"
     assert mmdet_version(fix["checkpoint"]) == "2.x"
     model, cfg = converted_model(family, fix["checkpoint"])
-    predictions, detections = run_head(model, fixtures["image"])
+    predictions, detections = run_head(model, fixtures["image"], cfg.INPUT.FORMAT)
     refs = list(fix["outputs"].values())
     assert len(predictions) == len(refs)
     for output, ref, name in zip(predictions, refs, fix["outputs"]):
@@ -118,6 +121,8 @@ def test_head_outputs_and_detections_match_mmdet(fixtures, family):
         for level, (ours, theirs) in enumerate(zip(output, ref)):
             if family == "retinanet":
                 theirs = retinanet_anchor_order(theirs, 2 if name == "cls_scores" else 4, cfg)
+            if family == "fcos" and name == "bbox_preds":
+                ours = ours.exp()  # mmdet's FCOSHead returns the distances exp(x)
             assert max_rel(ours, theirs) <= MAX_REL, (name, level, max_rel(ours, theirs))
     assert_same_detections(detections, fix["detections"])
 
@@ -179,3 +184,20 @@ def test_retinanet_detectron2_layout_differs_without_the_options(fixtures):
     predictions, _ = run_head(model, fixtures["image"])
     theirs = retinanet_anchor_order(fix["outputs"]["cls_scores"][4], 2, cfg)
     assert max_rel(predictions[0][4], theirs) > 1e-3
+
+
+def test_fcos_with_mmdet_options_trains(fixtures):
+    """The mmdet FCOS options (exp distances, centerness on the class tower, scales, half-stride
+    points) also give finite training losses (centerness targets from distances)."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    cfg = small_cfg("fcos")
+    model = build_model(cfg).train()
+    inst = Instances((128, 256))
+    inst.gt_boxes = Boxes(torch.tensor([[10.0, 20.0, 90.0, 100.0], [120.0, 8.0, 250.0, 60.0]]))
+    inst.gt_classes = torch.tensor([0, 1])
+    with EventStorage(0):
+        losses = model([{"image": fixtures["image"].flip(0), "instances": inst}])
+    assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses

@@ -4,9 +4,10 @@ Full-size parity check of the mmdetection teachers (not a CI test: needs mmdet, 
 model, about a minute on one core).
 
 Builds mmdetection's R101 RetinaNet (``retinanet_r101_fpn_2x_coco``), GFL
-(``gfl_r101_fpn_mstrain_2x_coco``) and ATSS (``atss_r101_fpn_1x_coco``) at full width with random
+(``gfl_r101_fpn_mstrain_2x_coco``), ATSS (``atss_r101_fpn_1x_coco``) and FCOS
+(``fcos_r101_caffe_fpn_gn-head_mstrain_640-800_2x_coco``) at full width with random
 weights, converts each checkpoint with ``d2kd.convert.mmdet`` into the unchanged teacher config
-(``configs/teachers/mmdet_*_R101_FPN.yaml``), and compares head outputs and detections on one
+(``configs/teachers/mmdet_*_R101_*FPN.yaml``), and compares head outputs and detections on one
 256 x 384 image. Run from the repository root in the environment of ``make_mmdet_fixtures.py``
 (created with ``--system-site-packages``, so Detectron2 and d2kd import too)::
 
@@ -30,6 +31,7 @@ SPECS = {
     "retinanet": "retinanet/retinanet_r101_fpn_2x_coco.py",
     "gfl": "gfl/gfl_r101_fpn_mstrain_2x_coco.py",
     "atss": "atss/atss_r101_fpn_1x_coco.py",
+    "fcos": "fcos/fcos_r101_caffe_fpn_gn-head_mstrain_640-800_2x_coco.py",
 }
 
 
@@ -52,13 +54,15 @@ def main():
         model = build_model(cfg).eval()
         state = CONVERTERS["mmdet"].convert(ref["checkpoint"], cfg).state_dict
         model.load_state_dict(state, strict=True)
-        predictions, det = t.run_head(model, image)
+        predictions, det = t.run_head(model, image, cfg.INPUT.FORMAT)
         rels = []
         for outputs, (name, refs) in zip(predictions, ref["outputs"].items()):
             for ours, theirs in zip(outputs, refs):
                 if family == "retinanet":
                     per_anchor = cfg.MODEL.RETINANET.NUM_CLASSES if name == "cls_scores" else 4
                     theirs = t.retinanet_anchor_order(theirs, per_anchor, cfg)
+                if family == "fcos" and name == "bbox_preds":
+                    ours = ours.exp()  # mmdet's FCOSHead returns the distances exp(x)
                 rels.append(t.max_rel(ours, theirs))
         d = ref["detections"]
         same = len(det) == len(d["scores"]) and torch.equal(det.pred_classes, d["labels"])

@@ -17,8 +17,8 @@ and post-processing of these detectors reach is NMS, which the stub runs with
 ``torchvision.ops.nms`` (same result as mmcv's CPU kernel with ``offset=0``); every other op
 raises.
 
-For each family (RetinaNet, GFL, ATSS) it builds the detector from mmdetection's own config file
-(shipped with the package under ``mmdet/.mim/configs``) at reduced width (ResNet-50 with
+For each family (RetinaNet, GFL, ATSS, FCOS) it builds the detector from mmdetection's own config
+file (shipped with the package under ``mmdet/.mim/configs``) at reduced width (ResNet-50 with
 ``base_channels=2``, FPN of 16 or 32 channels, one tower convolution, 2 classes), gives every
 weight and BN statistic a random value (fixed seed; class biases around 0 so that detections pass
 the score threshold), and writes ``tests/fixtures/convert/mmdet/<family>.pth``::
@@ -29,8 +29,9 @@ the score threshold), and writes ``tests/fixtures/convert/mmdet/<family>.pth``::
      "outputs": {name: [L tensors (1, C, H_l, W_l)]},   # bbox_head(...) per level
      "detections": {"boxes": (n, 4), "scores": (n,), "labels": (n,)}}  # get_bboxes, rescale=False
 
-The image is normalised as mmdet's pipeline does (RGB, ImageNet mean/std; mmcv multiplies by
-1/std, this script divides: equal up to fp32 rounding) and not resized or padded (its sides are
+The image is normalised as mmdet's pipeline does (RGB, ImageNet mean/std; caffe-style configs
+such as FCOS's: BGR, caffe mean, std 1; mmcv multiplies by 1/std, this script divides: equal up to
+fp32 rounding) and not resized or padded (its sides are
 multiples of 128, so mmdet's padding to 32 and d2kd's to 128 add nothing).
 """
 
@@ -47,6 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 OUT_DIR = os.path.join(REPO, "tests", "fixtures", "convert", "mmdet")
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
+CAFFE_MEAN = [102.9801, 115.9465, 122.7717]  # BGR, std 1 (mmdet's *_caffe configs)
 
 
 def install_ext_stub() -> None:
@@ -100,6 +102,15 @@ def family_specs():
         (
             "atss",
             "atss/atss_r50_fpn_1x_coco.py",
+            dict(
+                backbone=small_backbone,
+                neck=dict(in_channels=in_channels, out_channels=32),
+                bbox_head=dict(num_classes=2, in_channels=32, feat_channels=32, stacked_convs=1),
+            ),
+        ),
+        (
+            "fcos",
+            "fcos/fcos_r50_caffe_fpn_gn-head_1x_coco.py",
             dict(
                 backbone=small_backbone,
                 neck=dict(in_channels=in_channels, out_channels=32),
@@ -161,8 +172,12 @@ def run_family(family: str, rel_config: str, overrides: dict, image: torch.Tenso
     model, cfg = build(os.path.join(config_dir, rel_config), overrides)
     gen = torch.Generator().manual_seed(seed)
     randomize(model, gen)
-    mean = torch.tensor(MEAN).view(3, 1, 1)
-    std = torch.tensor(STD).view(3, 1, 1)
+    if "caffe" in rel_config:  # caffe-style configs: BGR, mean of the caffe models, std 1
+        mean, std, image = CAFFE_MEAN, [1.0, 1.0, 1.0], image.flip(0)
+    else:
+        mean, std = MEAN, STD
+    mean = torch.tensor(mean).view(3, 1, 1)
+    std = torch.tensor(std).view(3, 1, 1)
     x = ((image.float() - mean) / std)[None]
     h, w = image.shape[-2:]
     img_metas = [
@@ -183,6 +198,7 @@ def run_family(family: str, rel_config: str, overrides: dict, image: torch.Tenso
         "retinanet": ["cls_scores", "bbox_preds"],
         "gfl": ["cls_scores", "bbox_preds"],
         "atss": ["cls_scores", "bbox_preds", "centernesses"],
+        "fcos": ["cls_scores", "bbox_preds", "centernesses"],
     }[family]
     outputs = {n: [t.clone() for t in o] for n, o in zip(names, outs)}
     state_dict = {k: v.clone() for k, v in model.state_dict().items()}

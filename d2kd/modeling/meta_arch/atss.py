@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
@@ -33,6 +33,7 @@ from d2kd.layers.box_ops import box_centers
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
+from .mmdet_inference import score_factor_inference
 from .square_anchor import SquareAnchorDetector, num_positives
 
 __all__ = ["ATSS", "ATSSHead", "centerness_targets"]
@@ -222,8 +223,9 @@ class ATSS(SquareAnchorDetector):
                 cls = [x[i].sigmoid() for x in pred_logits]
                 ctr = [x[i].squeeze(-1).sigmoid() for x in pred_ctr]
                 deltas = [x[i] for x in pred_deltas]
+                clip = self.clip_boxes_before_nms
                 results.append(
-                    self.inference_single_image_mmdet(anchors, cls, ctr, deltas, image_size)
+                    score_factor_inference(self, anchors, cls, ctr, deltas, image_size, clip)
                 )
                 continue
             scores = [
@@ -232,46 +234,3 @@ class ATSS(SquareAnchorDetector):
             deltas = [x[i] for x in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
-
-    def inference_single_image_mmdet(
-        self,
-        anchors: List[Boxes],
-        cls: List[Tensor],
-        ctr: List[Tensor],
-        deltas: List[Tensor],
-        image_size: Tuple[int, int],
-    ) -> Instances:
-        """
-        mmdetection's ATSSHead inference: per level, (anchor, class) pairs whose class score
-        exceeds the threshold, the top-k of them by class score; boxes decoded (clipped to the
-        image where ``clip_boxes_before_nms``); class-wise NMS on and output of cls * ctr.
-
-        Args:
-            anchors: L Boxes (R_l, 4); cls: L (R_l, K) class probabilities; ctr: L (R_l,)
-                centerness probabilities; deltas: L (R_l, 4) of this image.
-        """
-        boxes, scores, classes = [], [], []
-        for anchors_l, cls_l, ctr_l, deltas_l in zip(anchors, cls, ctr, deltas):
-            keep = cls_l > self.test_score_thresh
-            idxs = torch.nonzero(keep)  # (M, 2): anchor, class
-            top, order = cls_l[keep].topk(min(self.test_topk_candidates, len(idxs)))
-            anchor_idxs, class_idxs = idxs[order].unbind(dim=1)
-            boxes.append(
-                self.box2box_transform.apply_deltas(
-                    deltas_l[anchor_idxs], anchors_l.tensor[anchor_idxs]
-                )
-            )
-            scores.append(top * ctr_l[anchor_idxs])
-            classes.append(class_idxs)
-        pred = Instances(
-            image_size,
-            pred_boxes=Boxes(torch.cat(boxes)),
-            scores=torch.cat(scores),
-            pred_classes=torch.cat(classes),
-        )
-        if self.clip_boxes_before_nms:
-            pred.pred_boxes.clip(image_size)
-        keep = batched_nms(
-            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
-        )
-        return pred[keep[: self.max_detections_per_image]]
