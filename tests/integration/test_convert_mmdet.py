@@ -127,6 +127,14 @@ def test_head_outputs_and_detections_match_mmdet(fixtures, family):
     assert_same_detections(detections, fix["detections"])
 
 
+def test_only_mmdet_files_are_recognised(fixtures):
+    state = fixtures["families"]["gfl"]["checkpoint"]["state_dict"]
+    assert detect_format({"model": dict(state)}) == ""  # Detectron2's layout
+    assert detect_format(dict(state)) == ""  # a bare state dict (torchvision's layout)
+    backbone_only = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    assert detect_format({"meta": {}, "state_dict": backbone_only}) == ""
+
+
 def test_mmdet3_layout_converts_alike(fixtures):
     """A 3.x checkpoint: the 2.x fixture re-labelled (3.x meta, ``data_preprocessor`` buffers),
     the weights' keys being the same in both versions for these models."""
