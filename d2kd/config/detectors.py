@@ -29,9 +29,6 @@ def add_fcos_config(cfg: CN) -> None:
     # Box regression: "relu" (distances relu(x) x stride: Detectron2, mmdet norm_on_bbox=True) or
     # "exp" (distances exp(x) in pixels: mmdet's default FCOS).
     _C.MODEL.FCOS.BOX_PARAM = "relu"
-    # Location of the points in a stride cell: 0.0 (Detectron2: i x stride) or 0.5 (mmdet:
-    # (i + 0.5) x stride).
-    _C.MODEL.FCOS.POINT_OFFSET = 0.0
     # Test-time scores: "sqrt" (Detectron2: sqrt(cls x centerness) thresholded, ranked, returned)
     # or "mmdet" (threshold and top-k on the class score, NMS on and output of cls x centerness).
     _C.MODEL.FCOS.TEST_SCORE_MODE = "sqrt"

@@ -195,8 +195,8 @@ def test_retinanet_detectron2_layout_differs_without_the_options(fixtures):
 
 
 def test_fcos_with_mmdet_options_trains(fixtures):
-    """The mmdet FCOS options (exp distances, centerness on the class tower, scales, half-stride
-    points) also give finite training losses (centerness targets from distances)."""
+    """The mmdet FCOS options (exp distances, centerness on the class tower, scales) also give
+    finite training losses (centerness targets from distances)."""
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 

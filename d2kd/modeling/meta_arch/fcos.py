@@ -1,7 +1,7 @@
 """
 Detectron2's FCOS, registered for yacs configs (``MODEL.META_ARCHITECTURE: "FCOS"``), with
-options (``MODEL.FCOS.HEAD_SCALES``, ``CENTERNESS_ON_REG``, ``BOX_PARAM``, ``POINT_OFFSET``,
-``TEST_SCORE_MODE``, ``CLIP_BOXES_BEFORE_NMS``) that make it compute what mmdetection's FCOSHead
+options (``MODEL.FCOS.HEAD_SCALES``, ``CENTERNESS_ON_REG``, ``BOX_PARAM``, ``TEST_SCORE_MODE``,
+``CLIP_BOXES_BEFORE_NMS``) that make it compute what mmdetection's FCOSHead
 computes, for teachers converted from mmdetection. The defaults are Detectron2's FCOS.
 
 Shape shorthand: N images, K classes, L levels, R points over all levels.
@@ -12,7 +12,6 @@ from typing import Dict, List, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.fcos import FCOS as _D2FCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Boxes, ImageList, Instances
@@ -88,33 +87,25 @@ class ExpDistanceTransform:
 class FCOS(_D2FCOS):
     """
     :class:`detectron2.modeling.meta_arch.fcos.FCOS` with a ``from_config`` reading ``MODEL.FCOS``.
-    Behaviour is Detectron2's own (points at stride multiples, regression normalised by stride,
-    GIoU loss, centerness on the box tower) unless the mmdetection options are set.
+    Behaviour is Detectron2's own (points at (i + 0.5) x stride, as mmdet's, regression normalised
+    by stride, GIoU loss, centerness on the box tower) unless the mmdetection options are set.
     """
 
     @configurable
     def __init__(
         self,
         *,
-        point_offset: float = 0.0,
         test_score_mode: str = "sqrt",
         clip_boxes_before_nms: bool = False,
         **kwargs,
     ):
         """
         Args:
-            point_offset: points at (i + offset) x stride.
             test_score_mode: "sqrt" (Detectron2) or "mmdet" (see ``MODEL.FCOS.TEST_SCORE_MODE``).
             clip_boxes_before_nms: clip test-time boxes to the image before NMS.
             kwargs: those of Detectron2's FCOS.
         """
         super().__init__(**kwargs)
-        if point_offset:
-            strides = self.anchor_generator.strides
-            self.anchor_generator = DefaultAnchorGenerator(
-                sizes=[[s] for s in strides], aspect_ratios=[1.0], strides=strides,
-                offset=point_offset,
-            )  # fmt: skip
         if test_score_mode not in ("sqrt", "mmdet"):
             raise ValueError(
                 f'MODEL.FCOS.TEST_SCORE_MODE must be "sqrt" or "mmdet", got {test_score_mode!r}'
@@ -138,7 +129,6 @@ class FCOS(_D2FCOS):
             "center_sampling_radius": c.CENTER_SAMPLING_RADIUS,
             "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
-            "point_offset": c.POINT_OFFSET,
             "test_score_mode": c.TEST_SCORE_MODE,
             "clip_boxes_before_nms": c.CLIP_BOXES_BEFORE_NMS,
         }
