@@ -14,7 +14,7 @@ through :func:`load_config_file` / :func:`merge_config_file`.
 
 from detectron2.config import CfgNode as CN
 
-from .backbones import add_mobilenetv2_config
+from .backbones import add_fpn_p6p7_config, add_mobilenetv2_config
 from .bckd import add_bckd_config
 from .checks import add_checks_config
 from .crosskd import add_crosskd_config
@@ -55,6 +55,7 @@ def add_d2kd_config(cfg: CN) -> None:
     add_pgd_config(cfg)
     add_fgd_config(cfg)
     add_mobilenetv2_config(cfg)
+    add_fpn_p6p7_config(cfg)
     add_checks_config(cfg)
     add_crosskd_config(cfg)
     add_pkd_config(cfg)

@@ -20,6 +20,18 @@ def add_fcos_config(cfg: CN) -> None:
     _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
     _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+    # mmdetection's FCOS (teachers converted from it; defaults: Detectron2's FCOS).
+    # A learnable scale per level on the box regression (mmdet, the FCOS paper; Detectron2: none).
+    _C.MODEL.FCOS.HEAD_SCALES = False
+    # Centerness branch on the box tower (True: Detectron2, mmdet centerness_on_reg=True) or on the
+    # classification tower (False: mmdet's default FCOS).
+    _C.MODEL.FCOS.CENTERNESS_ON_REG = True
+    # Box regression: "relu" (distances relu(x) x stride: Detectron2, mmdet norm_on_bbox=True) or
+    # "exp" (distances exp(x) in pixels: mmdet's default FCOS).
+    _C.MODEL.FCOS.BOX_PARAM = "relu"
+    # Test-time scores: "sqrt" (Detectron2: sqrt(cls x centerness) thresholded, ranked, returned)
+    # or "mmdet" (threshold and top-k on the class score, NMS on and output of cls x centerness).
+    _C.MODEL.FCOS.TEST_SCORE_MODE = "sqrt"
 
 
 def add_atss_config(cfg: CN) -> None:
@@ -40,6 +52,10 @@ def add_atss_config(cfg: CN) -> None:
     # Box coder weights: (1/0.1, 1/0.1, 1/0.2, 1/0.2), i.e. mmdet's DeltaXYWH stds.
     _C.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
     _C.MODEL.ATSS.GIOU_LOSS_WEIGHT = 2.0
+    # Test-time scores: "sqrt" (sqrt(cls * centerness) thresholded, ranked and returned, as the
+    # official ATSS code) or "mmdet" (threshold and top-k on the class score alone, NMS on and
+    # output of cls * centerness, as mmdetection's ATSSHead).
+    _C.MODEL.ATSS.TEST_SCORE_MODE = "sqrt"
     _C.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
     _C.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.ATSS.NMS_THRESH_TEST = 0.6

@@ -8,17 +8,12 @@ from detectron2.config import CfgNode as CN
 
 
 def add_foreign_model_config(cfg: CN) -> None:
-    """Add ``MODEL.FPN.TOP_LEVELS_IN``, ``MODEL.DENSE_TEST``, ``MODEL.FCOS.POINT_OFFSET`` and
+    """Add ``MODEL.DENSE_TEST``, ``MODEL.FCOS.POINT_OFFSET`` and
     ``MODEL.CONVERT`` in place (after ``add_fcos_config``)."""
     _C = cfg
-    # Input of the FPN's extra P6/P7 levels, read by the backbone "build_resnet_fpn_p6p7_backbone":
-    # "res5" (C5, Detectron2's RetinaNet, torchvision's RetinaNet v2) or "p5" (the FPN's P5 output,
-    # torchvision's RetinaNet v1 and FCOS). A ReLU precedes P7 in both (as in Detectron2).
-    _C.MODEL.FPN.TOP_LEVELS_IN = "res5"
-
     _C.MODEL.DENSE_TEST = CN()
     # Clip the decoded boxes to the image before NMS (torchvision, mmdetection) rather than after
-    # it (Detectron2). Read by "D2KDRetinaNet" and d2kd's FCOS.
+    # it (Detectron2). Read by "D2KDRetinaNet" and d2kd's FCOS, ATSS and GFL.
     _C.MODEL.DENSE_TEST.CLIP_BEFORE_NMS = False
 
     # Where d2kd's FCOS places its point in each cell, in strides: Detectron2's 0.5 (cell centres,

@@ -6,7 +6,8 @@ registers its converter on import.
 """
 
 from . import deformable_detr  # noqa: F401  (registers "deformable-detr")
-from . import torchvision  # noqa: F401,E402  (registers "torchvision")
+from . import mmdet  # noqa: F401  (registers "mmdet")
+from . import torchvision  # noqa: F401  (registers "torchvision")
 from .registry import (
     CONVERTERS,
     CheckpointConverter,

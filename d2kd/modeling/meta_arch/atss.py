@@ -33,6 +33,7 @@ from d2kd.layers.box_ops import box_centers
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
+from .mmdet_inference import score_factor_inference
 from .square_anchor import SquareAnchorDetector, num_positives
 
 __all__ = ["ATSS", "ATSSHead", "centerness_targets"]
@@ -112,6 +113,7 @@ class ATSS(SquareAnchorDetector):
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         giou_loss_weight: float = 2.0,
+        test_score_mode: str = "sqrt",
         **kwargs,
     ):
         """
@@ -119,6 +121,8 @@ class ATSS(SquareAnchorDetector):
             box2box_transform: delta coder (default weights (10, 10, 5, 5)).
             focal_loss_alpha / focal_loss_gamma: sigmoid focal loss parameters.
             giou_loss_weight: weight of the GIoU box loss.
+            test_score_mode: "sqrt" (the official ATSS code) or "mmdet" (mmdetection's
+                ATSSHead), see ``MODEL.ATSS.TEST_SCORE_MODE``.
             kwargs: those of :class:`SquareAnchorDetector` (backbone, head, head_in_features,
                 num_classes, pixel_mean and pixel_std required; anchor and test parameters).
         """
@@ -129,6 +133,11 @@ class ATSS(SquareAnchorDetector):
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.giou_loss_weight = giou_loss_weight
+        if test_score_mode not in ("sqrt", "mmdet"):
+            raise ValueError(
+                f'MODEL.ATSS.TEST_SCORE_MODE must be "sqrt" or "mmdet", got {test_score_mode!r}'
+            )
+        self.test_score_mode = test_score_mode
 
     @classmethod
     def from_config(cls, cfg) -> Dict:
@@ -139,6 +148,7 @@ class ATSS(SquareAnchorDetector):
             "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
             "giou_loss_weight": c.GIOU_LOSS_WEIGHT,
+            "test_score_mode": c.TEST_SCORE_MODE,
         }
 
     @property
@@ -209,6 +219,15 @@ class ATSS(SquareAnchorDetector):
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
+            if self.test_score_mode == "mmdet":
+                cls = [x[i].sigmoid() for x in pred_logits]
+                ctr = [x[i].squeeze(-1).sigmoid() for x in pred_ctr]
+                deltas = [x[i] for x in pred_deltas]
+                clip = self.clip_before_nms
+                results.append(
+                    score_factor_inference(self, anchors, cls, ctr, deltas, image_size, clip)
+                )
+                continue
             scores = [
                 torch.sqrt(x[i].sigmoid() * y[i].sigmoid()) for x, y in zip(pred_logits, pred_ctr)
             ]

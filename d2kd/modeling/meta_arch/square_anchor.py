@@ -120,6 +120,7 @@ class SquareAnchorDetector(DenseDetector):
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 100,
+        clip_before_nms: bool = False,
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
     ):
@@ -131,6 +132,8 @@ class SquareAnchorDetector(DenseDetector):
             topk: ATSS candidates per level and GT.
             test_*: score threshold, candidates per level before NMS, NMS IoU threshold.
             max_detections_per_image: detections kept after NMS.
+            clip_before_nms: clip the decoded boxes to the image before NMS (mmdet) rather
+                than after it (Detectron2's ``detector_postprocess``).
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -145,18 +148,21 @@ class SquareAnchorDetector(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.clip_before_nms = bool(clip_before_nms)
 
     @staticmethod
     def shared_config(cfg, node: str, head_cls, **head_kwargs) -> Dict:
         """
         The ``from_config`` entries ATSS and GFL read alike from ``cfg.MODEL.<node>``: those of
-        :func:`dense_detector_config` plus ANCHOR_SCALE and TOPK.
+        :func:`dense_detector_config` plus ANCHOR_SCALE, TOPK and
+        ``MODEL.DENSE_TEST.CLIP_BEFORE_NMS``.
         """
         c = cfg.MODEL[node]
         return {
             **dense_detector_config(cfg, node, head_cls, **head_kwargs),
             "anchor_scale": c.ANCHOR_SCALE,
             "topk": c.TOPK,
+            "clip_before_nms": cfg.MODEL.DENSE_TEST.CLIP_BEFORE_NMS,
         }
 
     def valid_anchors(self, features: List[Tensor], image_sizes: Sequence) -> List[Tensor]:
@@ -203,6 +209,8 @@ class SquareAnchorDetector(DenseDetector):
         pred = self._decode_multi_level_predictions(
             anchors, scores, box_reg, self.test_score_thresh, self.test_topk_candidates, image_size
         )
+        if self.clip_before_nms:
+            pred.pred_boxes.clip(image_size)
         keep = batched_nms(
             pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
         )
