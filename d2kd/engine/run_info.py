@@ -1,6 +1,5 @@
 """Run metadata written next to the checkpoints, so that a result can be traced and reproduced."""
 
-import hashlib
 import json
 import logging
 import os
@@ -8,6 +7,8 @@ import subprocess
 from typing import Optional
 
 import torch
+
+from d2kd.utils.files import file_sha256
 
 __all__ = [
     "run_info",
@@ -36,14 +37,6 @@ def _teacher_weights(cfg) -> str:
     return teacher_weights_path(cfg)  # the zoo URL under MODEL.KD.TEACHER.WEIGHTS_FROM_ZOO
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_weights_sha256(cfg) -> Optional[str]:
     """sha256 of the local copy of the teacher's weights file (a URL's cached download); None
     when the config distils from no weights file."""
@@ -53,7 +46,9 @@ def teacher_weights_sha256(cfg) -> Optional[str]:
     path = _teacher_weights(cfg) if cfg.MODEL.META_ARCHITECTURE == "DistillDetector" else ""
     if not (path and kd.LOAD_WEIGHTS):
         return None
-    return _sha256(local_weights_path(path, "MODEL.KD.TEACHER.WEIGHTS", cfg.MODEL.DOWNLOAD_TIMEOUT))
+    return file_sha256(
+        local_weights_path(path, "MODEL.KD.TEACHER.WEIGHTS", cfg.MODEL.DOWNLOAD_TIMEOUT)
+    )
 
 
 def check_resumed_teacher(cfg, path: str) -> None:

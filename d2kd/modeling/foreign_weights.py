@@ -5,7 +5,6 @@ named by ``MODEL.KD.TEACHER.WEIGHTS_FORMAT``) and converted by the registered
 :class:`~d2kd.convert.CheckpointConverter` onto the teacher config's model, then loaded strictly.
 """
 
-import hashlib
 from types import SimpleNamespace
 from typing import Any, Dict, List
 
@@ -21,6 +20,7 @@ from ..utils.checkpoint import (
     describe_incompatible,
     local_weights_path,
 )
+from ..utils.files import file_sha256
 from ..utils.safe_load import safe_load_file, safe_torch_load
 
 __all__ = [
@@ -120,14 +120,6 @@ def _load_problems(model: nn.Module, state: Dict[str, torch.Tensor], unmapped: L
     return problems
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def convert_checkpoint_file(
     src: str, dst: str, fmt: str, tcfg: Any, model: nn.Module, setting: str = "SRC"
 ) -> Dict[str, Any]:
@@ -159,7 +151,7 @@ def convert_checkpoint_file(
             f"{setting}: {src} (converted from {name}) does not match the teacher config: "
             + "; ".join(problems)
         )
-    meta = {"format": name, "source": src, "source_sha256": _sha256(local)}
+    meta = {"format": name, "source": src, "source_sha256": file_sha256(local)}
     torch.save(
         {
             "model": result.state_dict,

@@ -33,7 +33,7 @@ from d2kd.layers.box_ops import box_centers
 from d2kd.layers.scale import Scale
 from d2kd.utils.comm import reduce_mean
 
-from .mmdet_inference import score_factor_inference
+from .mmdet_inference import score_factor_inference_batch
 from .square_anchor import SquareAnchorDetector, num_positives
 
 __all__ = ["ATSS", "ATSSHead", "centerness_targets"]
@@ -217,17 +217,12 @@ class ATSS(SquareAnchorDetector):
             predictions, self.kd_head_output_dims
         )
         anchors = self.anchor_generator(features)
+        if self.test_score_mode == "mmdet":
+            return score_factor_inference_batch(
+                self, anchors, pred_logits, pred_deltas, pred_ctr, images.image_sizes
+            )
         results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
-            if self.test_score_mode == "mmdet":
-                cls = [x[i].sigmoid() for x in pred_logits]
-                ctr = [x[i].squeeze(-1).sigmoid() for x in pred_ctr]
-                deltas = [x[i] for x in pred_deltas]
-                clip = self.clip_before_nms
-                results.append(
-                    score_factor_inference(self, anchors, cls, ctr, deltas, image_size, clip)
-                )
-                continue
             scores = [
                 torch.sqrt(x[i].sigmoid() * y[i].sigmoid()) for x, y in zip(pred_logits, pred_ctr)
             ]

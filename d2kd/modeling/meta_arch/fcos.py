@@ -24,7 +24,7 @@ from d2kd.layers.scale import Scale
 
 from .clip_nms import ClipBeforeNMSMixin
 from .dense_config import dense_detector_config
-from .mmdet_inference import score_factor_inference
+from .mmdet_inference import score_factor_inference_batch
 
 __all__ = ["FCOS", "FCOSScaledHead", "ExpDistanceTransform"]
 
@@ -182,13 +182,6 @@ class FCOS(ClipBeforeNMSMixin, _D2FCOS):
             predictions, self.kd_head_output_dims
         )
         anchors = self.anchor_generator(features)
-        results: List[Instances] = []
-        for i, image_size in enumerate(images.image_sizes):
-            cls = [x[i].sigmoid() for x in pred_logits]
-            ctr = [x[i].squeeze(-1).sigmoid() for x in pred_ctr]
-            deltas = [x[i] for x in pred_deltas]
-            clip = self.clip_before_nms
-            results.append(
-                score_factor_inference(self, anchors, cls, ctr, deltas, image_size, clip)
-            )
-        return results
+        return score_factor_inference_batch(
+            self, anchors, pred_logits, pred_deltas, pred_ctr, images.image_sizes
+        )

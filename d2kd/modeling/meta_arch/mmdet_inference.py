@@ -10,7 +10,7 @@ from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 from torch import Tensor, nn
 
-__all__ = ["score_factor_inference"]
+__all__ = ["score_factor_inference", "score_factor_inference_batch"]
 
 
 def score_factor_inference(
@@ -59,3 +59,33 @@ def score_factor_inference(
         pred.pred_boxes.tensor, pred.scores, pred.pred_classes, model.test_nms_thresh
     )
     return pred[keep[: model.max_detections_per_image]]
+
+
+def score_factor_inference_batch(
+    model: nn.Module,
+    anchors: List[Boxes],
+    pred_logits: List[Tensor],
+    pred_deltas: List[Tensor],
+    pred_ctr: List[Tensor],
+    image_sizes: List[Tuple[int, int]],
+) -> List[Instances]:
+    """
+    :func:`score_factor_inference` of every image of a batch, boxes clipped before NMS where
+    ``model.clip_before_nms``.
+
+    Args:
+        pred_logits / pred_deltas / pred_ctr: L tensors (N, R_l, K) / (N, R_l, 4) / (N, R_l, 1),
+            as ``DenseDetector._transpose_dense_predictions`` gives them.
+        image_sizes: N (h, w).
+    """
+    results = []
+    for i, image_size in enumerate(image_sizes):
+        cls = [x[i].sigmoid() for x in pred_logits]
+        ctr = [x[i].squeeze(-1).sigmoid() for x in pred_ctr]
+        deltas = [x[i] for x in pred_deltas]
+        results.append(
+            score_factor_inference(
+                model, anchors, cls, ctr, deltas, image_size, model.clip_before_nms
+            )
+        )
+    return results
