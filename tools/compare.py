@@ -187,11 +187,15 @@ def record_timing(args, cfg, role: str, seconds: float) -> None:
 
 
 def probe(args, cfg, role: str) -> None:
-    """Measure ``cfg``'s per-iteration time with a ``--probe-iters`` run (no evaluation) in a
-    temporary folder."""
+    """Measure ``cfg``'s per-iteration time with a ``--probe-iters`` run (no evaluation, a random
+    teacher) in a temporary folder."""
     pcfg = cfg.clone()
     pcfg.merge_from_list(demo.schedule_opts(pcfg, args.probe_iters))
     pcfg.DATASETS.TEST = ()
+    if pcfg.MODEL.META_ARCHITECTURE == "DistillDetector":
+        # The teacher may not be trained yet, and a step costs the same with random weights.
+        pcfg.MODEL.KD.TEACHER.WEIGHTS = ""
+        pcfg.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = True
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         pcfg.OUTPUT_DIR = tmp

@@ -184,8 +184,8 @@ def teacher_cfg(method_cfg, data: Dict, args):
 
 # ----------------------------------------------------------------------------- stages
 def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
-    """Train with DemoTrainer; return its final COCO bbox metrics and the seconds of training and
-    evaluation."""
+    """Train with DemoTrainer; return its final COCO bbox metrics ({} where ``DATASETS.TEST`` is
+    empty) and the seconds of training and evaluation."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
         f.write(cfg.dump())
@@ -197,6 +197,8 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
     check_num_classes(cfg, trainer.model)
     trainer.resume_or_load(resume=False)
     trainer.train()
+    if not cfg.DATASETS.TEST:  # a timing run (tools/compare.py's probe): nothing to evaluate
+        return {}, time.perf_counter() - start
     # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results here
     # (DefaultTrainer.train returns them only when TEST.EXPECTED_RESULTS is set).
     results = trainer._last_eval_results

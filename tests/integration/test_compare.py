@@ -109,6 +109,14 @@ def test_budget_refuses_before_training(tmp_path, monkeypatch):
     assert compare.main(_argv(tmp_path, "--budget", "4", "--seeds", "5", "--dry-run")) == []
 
 
+def test_dry_run_probes_each_kind_of_stage_for_real(tmp_path):
+    # The probes train (no evaluation) and record a measured time per iteration for each stage.
+    assert compare.main(_argv(tmp_path, "--seeds", "5", "--dry-run", "--probe-iters", "2")) == []
+    timings = compare.load_timings(compare.parse_args(_argv(tmp_path)))
+    assert len(timings) == 3 and all(t["sec_per_iter"] > 0 for t in timings.values())
+    assert not (tmp_path / "out" / "teachers").exists()  # probes cache nothing
+
+
 def test_calibrated_adds_a_calibrated_distilled_run_per_seed_on_shapes_wide(tmp_path):
     args = compare.parse_args(_argv(tmp_path, "--calibrated", "--dataset", "shapes_wide"))
     data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
