@@ -39,7 +39,7 @@ def main():
     fixtures.install_ext_stub()
     from detectron2.modeling import build_model
 
-    from d2kd.config import get_d2kd_cfg
+    from d2kd.config import load_config_file
     from d2kd.convert import CONVERTERS
 
     from tests.integration import test_convert_mmdet as t
@@ -48,8 +48,7 @@ def main():
     failed = False
     for family, mmdet_config in SPECS.items():
         ref = fixtures.run_family(family, mmdet_config, {}, image, seed=7)
-        cfg = get_d2kd_cfg()
-        cfg.merge_from_file(t.config_path(t.FAMILIES[family][0]))
+        cfg = load_config_file(t.config_path(t.FAMILIES[family][0]))
         cfg.MODEL.DEVICE = "cpu"
         model = build_model(cfg).eval()
         state = CONVERTERS["mmdet"].convert(ref["checkpoint"], cfg).state_dict
