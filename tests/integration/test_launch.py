@@ -123,6 +123,28 @@ def _wait_for(path: str, text: str, proc, timeout: float) -> None:
     raise AssertionError(f"no {text!r} in {path} after {timeout} s")
 
 
+def _signal_when_ready(proc, sig, ready):
+    """
+    Once ``ready()`` returns, send ``sig`` to the launcher ``proc`` and wait for it to exit.
+
+    Returns:
+        (the launcher's descendants before the signal {pid: start time}, its stderr, seconds
+        to exit).
+        The session the test started is killed whatever happens.
+    """
+    try:
+        ready()
+        ranks = _descendants(proc.pid)
+        proc.send_signal(sig)
+        start = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        return ranks, stderr, time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
+            proc.wait()
+
+
 def test_sigint_to_the_launcher_stops_every_rank(tmp_path):
     """Issue 21: the ranks trained on to the end after a SIGINT to Detectron2's launcher."""
     shapes = str(tmp_path / "shapes")
@@ -135,18 +157,12 @@ def test_sigint_to_the_launcher_stops_every_rank(tmp_path):
         cmd, cwd=REPO, env=_env(shapes), text=True, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
+
+    def ready():
         _wait_for(os.path.join(out, "log.txt"), "Starting training from iteration 0", proc, 240)
         time.sleep(2)  # inside the iterations (and their collectives)
-        ranks = _descendants(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        start = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
-        took = time.monotonic() - start
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
-            proc.wait()
+
+    ranks, stderr, took = _signal_when_ready(proc, signal.SIGINT, ready)
     assert proc.returncode in (130, -signal.SIGINT), stderr[-4000:]
     assert "Received SIGINT: stopping the 2 training processes" in stderr, stderr[-4000:]
     assert took < launcher.STOP_GRACE_S + 10, took
@@ -221,20 +237,14 @@ def test_sigterm_kills_ranks_that_do_not_stop(tmp_path):
         [sys.executable, script], cwd=REPO, env=env, text=True, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
+
+    def ready():
         end = time.monotonic() + 240
         while len(os.listdir(pids)) < 2 and time.monotonic() < end:
             assert proc.poll() is None, proc.communicate()[1][-4000:]
             time.sleep(0.2)
-        ranks = _descendants(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        start = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
-        took = time.monotonic() - start
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the session this test started
-            proc.wait()
+
+    ranks, stderr, took = _signal_when_ready(proc, signal.SIGTERM, ready)
     assert proc.returncode == 143, stderr[-4000:]
     assert "Received SIGTERM: stopping the 2 training processes" in stderr
     assert stderr.count("did not stop within 5 s: killed") == 2, stderr[-4000:]
