@@ -18,9 +18,11 @@ Layout written under ``root``::
     root/annotations/instances_{split}.json
 """
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import cv2
@@ -223,11 +225,35 @@ def generate_split(
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
     }
     json_file = os.path.join(root, "annotations", f"instances_{split}.json")
-    tmp = json_file + ".tmp"
-    with open(tmp, "w") as f:
+    # A temporary name of this process's own (two writers of one shared ".tmp" interleaved their
+    # bytes into an unreadable json), renamed once complete: the json appears only once every
+    # image is written, and never half-written.
+    fd, tmp = tempfile.mkstemp(
+        prefix=f"instances_{split}.", suffix=".tmp", dir=os.path.dirname(json_file)
+    )
+    with os.fdopen(fd, "w") as f:
         json.dump(coco, f)
-    os.replace(tmp, json_file)  # the json appears only once every image is written
+    os.replace(tmp, json_file)
     return json_file
+
+
+@contextlib.contextmanager
+def _generation_lock(root: str):
+    """Hold an exclusive lock on ``root/.generate.lock`` (POSIX ``flock``; where ``fcntl`` does not
+    exist, no lock), so that processes started together (a comparison's parallel stages, two
+    demos) generate a dataset once and never read it half-written."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".generate.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _description(variant: str, split: str, seed: int) -> str:
@@ -239,10 +265,16 @@ def ensure_shapes_dataset(
     root: str, split: str, num_images: int = None, seed: int = 0, variant: str = "shapes"
 ) -> str:
     """Generate ``split`` (of ``variant``) under ``root`` unless its json already exists; return
-    the json path."""
+    the json path. Safe when several processes call it at once: one generates, the others wait
+    for it and then read its files."""
     json_file = os.path.join(root, "annotations", f"instances_{split}.json")
-    if not os.path.isfile(json_file):
-        n = num_images if num_images is not None else SPLITS[split][0]
-        logger.info(f"Generating the synthetic {variant} dataset: {n} {split} images under {root}")
-        generate_split(root, split, n, seed, variant=variant)
+    if os.path.isfile(json_file):
+        return json_file
+    with _generation_lock(root):
+        if not os.path.isfile(json_file):  # another process may have written it meanwhile
+            n = num_images if num_images is not None else SPLITS[split][0]
+            logger.info(
+                f"Generating the synthetic {variant} dataset: {n} {split} images under {root}"
+            )
+            generate_split(root, split, n, seed, variant=variant)
     return json_file

@@ -157,3 +157,40 @@ def test_shapes_wide_is_deterministic_non_square_with_varied_sizes_and_smaller_o
 def test_unknown_variant_is_named():
     with pytest.raises(KeyError, match="shapes_wide"):
         generate_split("/nonexistent", "train", 1, variant="shapez")
+
+
+_RACER = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("shapes", {path!r})  # the module alone: fast
+shapes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(shapes)
+original = shapes.generate_split
+def counting(*args, **kwargs):
+    print("GENERATED", flush=True)
+    return original(*args, **kwargs)
+shapes.generate_split = counting
+while not os.path.exists({go!r}):
+    time.sleep(0.01)
+print(shapes.ensure_shapes_dataset({root!r}, "train", 60), flush=True)
+"""
+
+
+def test_processes_started_together_generate_once_and_all_read_a_whole_json(tmp_path):
+    # Six stages of a comparison started at once each generated the dataset into one shared
+    # ".tmp" json, and some read the interleaved result (JSONDecodeError).
+    root, go = str(tmp_path / "shapes"), str(tmp_path / "go")
+    path = os.path.join(REPO, "d2kd", "data", "shapes.py")
+    code = _RACER.format(path=path, go=go, root=root)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    open(go, "w").close()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert sum(o.count("GENERATED") for o in outs) == 1, outs
+    generate_split(str(tmp_path / "ref"), "train", 60)
+    assert _load(os.path.join(root, "annotations", "instances_train.json")) == _load(
+        str(tmp_path / "ref" / "annotations" / "instances_train.json")
+    )
+    assert not [f for f in os.listdir(os.path.join(root, "annotations")) if f.endswith(".tmp")]
