@@ -21,6 +21,9 @@ interval (Student's t over the differences), and the wall time. Written under ``
 ``compare.json`` (every run and the summaries), ``compare.csv`` (one line per config),
 ``compare.png`` (AP mean +- std, and the gain with its interval).
 
+``--jobs N`` trains N stages at once, each in a fresh process logging to its own folder (the
+teachers first); ``--student-opts`` overrides the plain and distilled students, not the teacher.
+
 ``--budget MINUTES`` estimates up front how long the runs that are not cached will take on this
 machine (per-iteration times measured by earlier runs of the same stage, thread count and device,
 kept in ``<cache-dir>/timings.json``; a stage never timed is measured by a short probe run first)
@@ -231,7 +234,17 @@ def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str
         t = timings[key]
         rest = t["eval_seconds"] if t["eval_seconds"] is not None else max(evals, default=0.0)
         total += t["sec_per_iter"] * p["cfg"].SOLVER.MAX_ITER + rest
-    return total, notes
+    return total / parallel_speedup(args), notes
+
+
+def parallel_speedup(args) -> float:
+    """How many stages ``--jobs`` runs at once at full speed: the jobs, at most the CPU cores
+    over the threads of each (on the CPU; on a GPU, where stages share one device, 1)."""
+    jobs = getattr(args, "jobs", 1)
+    if jobs <= 1 or (args.device != "cpu" and torch.cuda.is_available()):
+        return 1.0
+    cores = os.cpu_count() or 1
+    return float(max(1, min(jobs, cores // max(1, torch.get_num_threads()))))
 
 
 def check_budget(args, plan: List[Dict]) -> float:
@@ -263,7 +276,11 @@ def check_budget(args, plan: List[Dict]) -> float:
 # ----------------------------------------------------------------------------- run
 def run_plan(args, plan: List[Dict]) -> None:
     """Train (or reuse) every stage of ``plan``; each entry gains "metrics", "seconds",
-    "weights", "cached"."""
+    "weights", "cached". With ``--jobs`` N > 1 the stages run in N worker processes: the
+    teachers first (the distilled stages read them), then the students."""
+    if args.jobs > 1:
+        _run_parallel(args, plan)
+        return
     for i, p in enumerate(plan):
         logger.info(
             f"Stage {i + 1}/{len(plan)}: {p['role']} of {demo._rel(p['method'])}, seed {p['seed']}"
@@ -272,6 +289,77 @@ def run_plan(args, plan: List[Dict]) -> None:
         if not out["cached"]:
             record_timing(args, p["cfg"], p["role"], out["seconds"])
         p.update(out)
+
+
+def _stage_worker(args, cfg, role: str, threads: int) -> Dict:
+    """One stage in a worker process: the parent's thread count, the datasets registered, the
+    log in the stage's own ``OUTPUT_DIR/log.txt`` (not the console, which the parallel stages
+    would interleave); train or reuse."""
+    torch.set_num_threads(threads)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    for name in ("detectron2", "d2kd"):
+        setup_logger(os.path.join(cfg.OUTPUT_DIR, "log.txt"), name=name, configure_stdout=False)
+    demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    return demo.run_cached_stage(cfg, args.retrain, role)
+
+
+def _run_parallel(args, plan: List[Dict]) -> None:
+    """run_plan with ``args.jobs`` spawned worker processes, one stage each at a time; the
+    teachers' phase ends before the students' begins. A failed stage stops the comparison once
+    the running stages end, naming the stage and its log."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    index = {id(p): i for i, p in enumerate(plan)}
+    phases = [
+        [p for p in plan if p["role"] == "teacher"],
+        [p for p in plan if p["role"] != "teacher"],
+    ]
+    ctx = multiprocessing.get_context("spawn")
+    # A fresh process per stage: a stage's floating-point result then never depends on what its
+    # worker ran before (a second training in one process differed from the first by ~1e-8 after
+    # one step, which 600 steps can amplify).
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx, max_tasks_per_child=1)
+    with pool:
+        for phase in phases:
+            futures = {}
+            for p in phase:
+                log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
+                logger.info(
+                    f"Stage {index[id(p)] + 1}/{len(plan)}: {p['role']} of "
+                    f"{demo._rel(p['method'])}, seed {p['seed']} (in a worker; log {log})"
+                )
+                futures[
+                    pool.submit(_stage_worker, args, p["cfg"], p["role"], torch.get_num_threads())
+                ] = p
+            _collect(args, plan, index, futures)
+
+
+def _collect(args, plan: List[Dict], index: Dict, futures: Dict) -> None:
+    """Wait for ``futures`` (future -> plan entry); record each result as run_plan does."""
+    from concurrent.futures import as_completed
+
+    failed = []
+    for fut in as_completed(futures):
+        p = futures[fut]
+        method = demo._rel(p["method"])
+        where = f"stage {index[id(p)] + 1}/{len(plan)} ({p['role']} of {method}, seed {p['seed']})"
+        try:
+            out = fut.result()
+        except Exception as e:  # reported with its stage; raised once the others end
+            log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
+            logger.error(f"{where} failed: {type(e).__name__}: {e} (its log: {log})")
+            failed.append((where, e))
+            continue
+        if not out["cached"]:
+            record_timing(args, p["cfg"], p["role"], out["seconds"])
+        p.update(out)
+        logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
+    if failed:
+        raise RuntimeError(
+            f"tools/compare.py: {len(failed)} stage(s) failed, first {failed[0][0]}: "
+            f"{failed[0][1]}"
+        ) from failed[0][1]
 
 
 def _metrics(p: Dict) -> Dict[str, float]:
@@ -431,6 +519,10 @@ def parse_args(argv=None):
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for every stage")
     p.add_argument("--kd-opts", nargs="*", default=[], help="KEY VALUE overrides for the "
                    "distilled stages only (SEED is set by --seeds)")  # fmt: skip
+    p.add_argument("--student-opts", nargs="*", default=[], help="KEY VALUE overrides for the "
+                   "plain and distilled students, not the teacher (a student recipe)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, help="stages trained at once, each in its own "
+                   "process (teachers first); on the CPU give each OMP_NUM_THREADS=1")  # fmt: skip
     p.add_argument("--calibrated", action="store_true", help="also run every method with "
                    "MODEL.KD.CALIBRATE on (rows '<method> (calibrated)')")  # fmt: skip
     p.add_argument("--budget", type=float, default=None, help="refuse to start when the stages "
@@ -438,6 +530,8 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the plan and estimate only")
     p.add_argument("--probe-iters", type=int, default=5, help="iterations of a timing probe")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, not {args.jobs}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has repeated values: {args.seeds}")
     args.methods = [demo.resolve_config_path(m) for m in args.methods]

@@ -238,7 +238,9 @@ def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
 def student_cfgs(args, data: Dict, teacher_weights: str):
     """Stage 3's two configs: the same student and schedule, without and with distillation."""
     out = os.path.join(args.output, "distilled")
-    kd = stage_cfg(args.method, args.student_iters, data, args, out, args.opts)
+    # tools/compare.py's --student-opts: the students' own overrides (after those of every stage).
+    opts = list(args.opts) + list(getattr(args, "student_opts", []))
+    kd = stage_cfg(args.method, args.student_iters, data, args, out, opts)
     kd.MODEL.KD.TEACHER.CONFIG_FILE = args.teacher
     kd.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
     kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + list(args.opts)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +110,22 @@ def test_budget_refuses_before_training(tmp_path, monkeypatch):
     assert compare.main(_argv(tmp_path, "--budget", "4", "--seeds", "5", "--dry-run")) == []
 
 
+def test_budget_counts_parallel_jobs_up_to_the_cores(tmp_path, monkeypatch):
+    def fake_probe(args, cfg, role):  # 1 minute per iteration
+        compare.save_timing(args, compare.timing_key(cfg, role), 60.0, 0.0, "test")
+
+    monkeypatch.setattr(compare, "probe", fake_probe)
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(compare.torch, "get_num_threads", lambda: 1)
+    # 5 one-minute stages: 2.5 min with 2 jobs on 2 one-thread cores, not 5/3 with 3 jobs.
+    for jobs, minutes in (("1", 5.0), ("2", 2.5), ("3", 2.5)):
+        args = compare.parse_args(_argv(tmp_path, "--jobs", jobs, "--budget", "9"))
+        data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+        assert compare.check_budget(args, compare.build_plan(args, data)) == minutes * 60
+    with pytest.raises(SystemExit):
+        compare.parse_args(_argv(tmp_path, "--jobs", "0"))
+
+
 def test_dry_run_probes_each_kind_of_stage_for_real(tmp_path):
     # The probes train (no evaluation) and record a measured time per iteration for each stage.
     assert compare.main(_argv(tmp_path, "--seeds", "5", "--dry-run", "--probe-iters", "2")) == []
@@ -130,3 +147,61 @@ def test_calibrated_adds_a_calibrated_distilled_run_per_seed_on_shapes_wide(tmp_
     assert [p["cfg"].MODEL.KD.CALIBRATE.ENABLED for p in kd] == [False, True] * 2
     assert len({p["cfg"].OUTPUT_DIR for p in kd}) == 4
     assert kd[0]["plain_dir"] == kd[1]["plain_dir"] != kd[2]["plain_dir"]  # one plain per seed
+
+
+def _final_weights(run_dir):
+    from d2kd.utils.safe_load import safe_torch_load
+
+    return safe_torch_load(str(run_dir / "model_final.pth"), "test")["model"]
+
+
+def test_parallel_jobs_give_the_sequential_results_and_a_log_per_stage(tmp_path):
+    one_seed = ["--seeds", "5"]
+    seq = compare.main(_argv(tmp_path, "--output", str(tmp_path / "seq" / "out"), *one_seed))
+    par = compare.main(
+        _argv(tmp_path, "--output", str(tmp_path / "par" / "out"), *one_seed, "--jobs", "2")
+    )
+    keys = ["model", "n", "seeds"] + [f"{m}_mean" for m in compare.METRICS]
+    assert [{k: r[k] for k in keys} for r in par] == [{k: r[k] for k in keys} for r in seq]
+    runs = {}
+    for side in ("seq", "par"):
+        saved = json.loads((tmp_path / side / "out" / "compare.json").read_text())
+        runs[side] = {(r["role"], r["seed"]): r for r in saved["runs"]}
+    assert sorted(runs["par"]) == sorted(runs["seq"]) and len(runs["par"]) == 3
+    for key, run in runs["par"].items():
+        run_dir = Path(run["weights"]).parent  # absolute: the cache is outside the repository
+        # Each stage logged its training to its own folder, and trained the same weights.
+        assert "Starting training from iteration 0" in (run_dir / "log.txt").read_text(), key
+        a = _final_weights(run_dir)
+        b = _final_weights(Path(runs["seq"][key]["weights"]).parent)
+        # Equal up to float ordering: a training that is not the first in its process (the
+        # sequential run's distilled stage) differs from a fresh process's by ~1e-8 per step.
+        assert a.keys() == b.keys(), key
+        assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a), key
+    timings = json.loads((tmp_path / "par" / "out" / "timings.json").read_text())
+    assert sorted(k.split("|")[0] for k in timings) == ["distilled", "student", "teacher"]
+
+
+def test_a_failed_parallel_stage_is_named_with_its_log(tmp_path):
+    argv = _argv(tmp_path, "--jobs", "2", "--kd-opts", "MODEL.KD.LOSSES", "['NoSuchLoss']")
+    with pytest.raises(RuntimeError, match=r"2 stage\(s\) failed, first stage \d/5 \(distilled of"):
+        compare.main(argv)
+    # The teacher and the plain students it did train stay cached for the next attempt.
+    assert len(list((tmp_path / "out" / "students").iterdir())) == 2
+
+
+def test_student_opts_change_both_students_and_not_the_teacher(tmp_path):
+    def plan_of(*extra):
+        args = compare.parse_args(_argv(tmp_path, *extra))
+        data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+        return {(p["role"], p["seed"]): p["cfg"] for p in compare.build_plan(args, data)}
+
+    base, lr = plan_of(), plan_of("--student-opts", "SOLVER.BASE_LR", "0.123")
+    assert base.keys() == lr.keys()
+    for (role, seed), cfg in lr.items():
+        if role == "teacher":  # the same cached teacher, read with the same overrides
+            assert cfg.OUTPUT_DIR == base[(role, seed)].OUTPUT_DIR
+            assert cfg.SOLVER.BASE_LR != 0.123
+        else:
+            assert cfg.SOLVER.BASE_LR == 0.123 and cfg.OUTPUT_DIR != base[(role, seed)].OUTPUT_DIR
+            assert "SOLVER.BASE_LR" not in cfg.MODEL.KD.TEACHER.OPTS
