@@ -11,9 +11,10 @@ For every seed, the plain student (the method config with ``MODEL.META_ARCHITECT
 student's) and each method's distilled student are trained with that ``SEED``: a plain/distilled
 pair starts from the same initial student weights and sees the same batches (tools/demo.py's
 trainer re-seeds before the first step). Teachers, plain students and distilled students are
-cached under ``--cache-dir`` by a hash of their resolved config and training data (the same cache
-as tools/demo.py's), so a run that is already there costs nothing and methods sharing a student
-train it once per seed. Every stage is evaluated with COCOEvaluator on the val split.
+cached under ``--cache-dir`` by a hash of their config entries that differ from d2kd's defaults
+and of their training data (the same cache as tools/demo.py's, checked against each folder's
+config.yaml before reuse), so a run that is already there costs nothing and methods sharing a
+student train it once per seed. Every stage is evaluated with COCOEvaluator on the val split.
 
 Reported per config: mean and standard deviation (over seeds) of AP, AP50, AP75, APs, APm, APl,
 the paired gain over the plain student (mean of the per-seed differences) with its 95 % confidence
@@ -62,12 +63,9 @@ class BudgetExceededError(SystemExit):
 
 # ----------------------------------------------------------------------------- plan
 def full_digest(cfg, data: Dict) -> str:
-    """12 hex digits of the whole resolved config (KD node included, OUTPUT_DIR excluded) and the
-    training annotations: the key of a cached distilled run."""
-    cfg = cfg.clone()
-    cfg.OUTPUT_DIR = ""
-    with open(data["train_json"], "rb") as f:
-        return hashlib.sha256(cfg.dump().encode() + f.read()).hexdigest()[:12]
+    """The key of a cached distilled run: demo.cache_key with the KD node (OUTPUT_DIR left out),
+    i.e. the config entries that differ from d2kd's defaults and the training annotations."""
+    return demo.cache_key(cfg, data, demo.UNKEYED_DISTILLED)
 
 
 def seed_cfgs(args, data: Dict, method: str, teacher_weights: str, seed: int):
@@ -93,9 +91,13 @@ def variants(args) -> List[Tuple[str, List]]:
 
 
 def _cached(cfg, role: str) -> bool:
-    return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth")) and os.path.isfile(
-        os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
-    )
+    """Whether run_cached_stage will reuse the stage: its files are there and its saved
+    config.yaml (where there is one) differs from ``cfg`` in no key but those added since."""
+    files = ("model_final.pth", f"{role}_metrics.json")
+    if not all(os.path.isfile(os.path.join(cfg.OUTPUT_DIR, f)) for f in files):
+        return False
+    found = demo.compare_with_cached(cfg, role)
+    return found is None or not found[0]
 
 
 def build_plan(args, data: Dict) -> List[Dict]:

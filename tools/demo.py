@@ -11,7 +11,10 @@ Stages:
   1. generate the synthetic shapes dataset if it is absent;
   2. train the teacher (``--teacher``, default configs/shapes/retinanet_R18_long.yaml), unless
      a checkpoint trained from the same resolved config and data is cached under
-     ``<cache-dir>/teachers/<hash>/`` (``--cache-dir`` defaults to ``--output``);
+     ``<cache-dir>/teachers/<hash>/`` (``--cache-dir`` defaults to ``--output``; the hash is
+     that of the config entries that differ from d2kd's defaults and of the training json, and a
+     cached stage whose saved config.yaml differs from the current config is moved aside into
+     ``stale-<time>/`` and trained again);
   3. train the student of the method config plain (``MODEL.META_ARCHITECTURE`` := the
      student's; cached like the teacher, under ``<cache-dir>/students/<hash>/``, so methods
      sharing a student train it once);
@@ -31,9 +34,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch  # noqa: F401  (Detectron2's C extension needs torch's libraries loaded first)
 
@@ -46,6 +50,8 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import d2kd  # noqa: E402, F401  (registers d2kd's models and datasets)
+from d2kd.config import UnsafeConfigError, get_d2kd_cfg  # noqa: E402
+from d2kd.config.load import _read_yaml  # noqa: E402  (safe: no tag but arithmetic eval)
 from d2kd.data import register_shapes, shapes_root  # noqa: E402
 from d2kd.data.shapes import SPLITS, ensure_shapes_dataset  # noqa: E402
 from d2kd.engine import write_run_info  # noqa: E402
@@ -163,18 +169,72 @@ def stage_cfg(config_file: str, iters: Optional[int], data: Dict, args, out_dir:
     return cfg
 
 
-def _digest(cfg, data: Dict) -> str:
-    """12 hex digits of the resolved config (without OUTPUT_DIR and the KD node, which a plain
-    model never reads) and the training annotations: the key of a cached stage."""
-    cfg = cfg.clone()
-    cfg.OUTPUT_DIR = ""
-    cfg.MODEL.pop("KD", None)
+# ----------------------------------------------------------------------------- cache keys
+# The config entries a cached stage's key and reuse check leave out: where it writes and (for the
+# teacher and the plain student) the KD node, which a plain model never reads.
+UNKEYED = ("OUTPUT_DIR", "MODEL.KD")
+UNKEYED_DISTILLED = ("OUTPUT_DIR",)
+ABSENT = "<absent>"
+
+
+def unkeyed(role: str) -> Tuple[str, ...]:
+    """The entries left out of the cache key of a ``role`` stage (see run_cached_stage)."""
+    return UNKEYED_DISTILLED if role == "distilled" else UNKEYED
+
+
+def _text(value: Any) -> str:
+    """A config value as one JSON text, the same before and after a YAML dump (tuples as
+    lists)."""
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def flatten_cfg(node: Dict, skip: Tuple[str, ...] = (), prefix: str = "") -> Dict[str, str]:
+    """``{"KEY.PATH": value as JSON}`` of every leaf of a config (a CfgNode, or the mapping of a
+    saved ``config.yaml``), leaving out the entries (leaves or whole nodes) named in ``skip``."""
+    flat = {}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if path in skip:
+            continue
+        if isinstance(value, dict):
+            flat.update(flatten_cfg(value, skip, path + "."))
+        else:
+            flat[path] = _text(value)
+    return flat
+
+
+def cfg_delta(cfg: Dict, skip: Tuple[str, ...] = UNKEYED) -> List[str]:
+    """
+    The entries of ``cfg`` (a CfgNode or a saved ``config.yaml``'s mapping) whose values differ
+    from d2kd's default config (``get_d2kd_cfg()``: Detectron2's ``get_cfg()`` +
+    ``add_d2kd_config``, where train_net.py's config loading starts), as sorted
+    ``KEY.PATH=<value as JSON>`` lines, ``skip`` left out. A default entry that ``cfg`` lacks is
+    ``KEY.PATH=<absent>``; a key added to the defaults and left at its default adds no line.
+    """
+    current, default = flatten_cfg(cfg, skip), flatten_cfg(get_d2kd_cfg(), skip)
+    lines = [f"{k}={v}" for k, v in current.items() if default.get(k) != v]
+    return sorted(lines + [f"{k}={ABSENT}" for k in default if k not in current])
+
+
+def cache_key(cfg: Dict, data: Dict, skip: Tuple[str, ...] = UNKEYED) -> str:
+    """12 hex digits of sha256 over :func:`cfg_delta` (one line each) and the bytes of the
+    training annotations ``data["train_json"]``: the key of a cached stage."""
+    delta = "".join(line + "\n" for line in cfg_delta(cfg, skip))
     with open(data["train_json"], "rb") as f:
-        return hashlib.sha256(cfg.dump().encode() + f.read()).hexdigest()[:12]
+        return hashlib.sha256(delta.encode() + f.read()).hexdigest()[:12]
+
+
+def _digest(cfg, data: Dict) -> str:
+    """The key of a cached teacher or plain student: :func:`cache_key` without OUTPUT_DIR and the
+    KD node. Only the entries that differ from d2kd's defaults count, so that a config key
+    d2kd adds later, left at its default, keeps every cached stage reachable; a default VALUE
+    changed in code is caught when the stage is reused (:func:`check_cached_config`)."""
+    return cache_key(cfg, data, UNKEYED)
 
 
 def teacher_cfg(method_cfg, data: Dict, args):
-    """The teacher's training config, cached under a hash of the resolved config and the data."""
+    """The teacher's training config, cached under :func:`_digest` of the resolved config and the
+    data."""
     # The same overrides, in the same order, as DistillDetector will apply (see student_cfgs).
     opts = list(method_cfg.MODEL.KD.TEACHER.OPTS) + list(args.opts)
     cfg = stage_cfg(args.teacher, args.teacher_iters, data, args, "", opts)
@@ -205,11 +265,107 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
     return dict(results["bbox"]), time.perf_counter() - start
 
 
+def compare_with_cached(cfg, role: str) -> Optional[Tuple[List[Tuple[str, str, str]], List[str]]]:
+    """
+    Compare the resolved ``cfg`` with the ``config.yaml`` its cached stage left in
+    ``cfg.OUTPUT_DIR`` (read with d2kd's safe YAML reader: a tag other than Detectron2's
+    arithmetic ``eval`` is refused), both flattened, :func:`unkeyed` entries left out.
+
+    Returns:
+        None where the folder has no ``config.yaml``; else (differing, added): differing is
+        [(KEY.PATH, cached value, current value)] (JSON texts, ``<absent>`` on the side that lacks
+        the key) of every key whose values differ, other than added; added is [KEY.PATH] of the
+        keys only the current config has, at their current default (added to d2kd since).
+    Raises:
+        UnsafeConfigError: the ``config.yaml`` holds a tag or is not valid YAML.
+    """
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    try:
+        saved = _read_yaml(path)
+    except UnsafeConfigError as e:
+        raise UnsafeConfigError(
+            f"{e}. The cached stage in {cfg.OUTPUT_DIR} cannot be checked: move it away, or pass "
+            "--retrain"
+        ) from None
+    skip = unkeyed(role)
+    cached, current = flatten_cfg(saved, skip), flatten_cfg(cfg, skip)
+    default = flatten_cfg(get_d2kd_cfg(), skip)
+    differing, added = [], []
+    for key in sorted(set(cached) | set(current)):
+        old, new = cached.get(key, ABSENT), current.get(key, ABSENT)
+        if old == new:
+            continue
+        if old == ABSENT and default.get(key) == new:
+            added.append(key)
+        else:
+            differing.append((key, old, new))
+    return differing, added
+
+
+def _move_aside(folder: str) -> str:
+    """Move the files of ``folder`` (but earlier ``stale-*`` folders) into a new
+    ``folder/stale-<UTC time>/`` and return it. ``log.txt`` is copied instead: a parallel
+    compare.py worker's log handler already has it open and goes on writing to it."""
+    dest = os.path.join(folder, "stale-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    base, n = dest, 1
+    while os.path.exists(dest):
+        dest, n = f"{base}-{n}", n + 1
+    os.makedirs(dest)
+    for name in sorted(os.listdir(folder)):
+        src = os.path.join(folder, name)
+        if name.startswith("stale-") and os.path.isdir(src):
+            continue
+        if name == "log.txt":
+            shutil.copy2(src, dest)
+        else:
+            shutil.move(src, os.path.join(dest, name))
+    return dest
+
+
+def check_cached_config(cfg, role: str) -> bool:
+    """
+    Whether the stage cached in ``cfg.OUTPUT_DIR`` may be reused for ``cfg``: its saved
+    ``config.yaml`` equals ``cfg`` (OUTPUT_DIR and the entries :func:`unkeyed` names left out)
+    but for keys added to d2kd since, at their defaults (logged at INFO). Otherwise (a default
+    value changed in code since, which the cache key cannot see): a WARNING names up to 10
+    differing keys with both values, the folder's files are moved into ``stale-<UTC time>/``
+    inside it (nothing is deleted), and False is returned (the caller trains again). A folder
+    without ``config.yaml`` is reused unchecked, which is logged.
+    """
+    found, folder = compare_with_cached(cfg, role), cfg.OUTPUT_DIR
+    if found is None:
+        logger.info(f"{folder} has no config.yaml: the cached {role} is reused unchecked")
+        return True
+    differing, added = found
+    if added:
+        more = f" and {len(added) - 10} more" if len(added) > 10 else ""
+        logger.info(
+            f"{len(added)} config key(s) added since the cached {role} in {folder} was trained, "
+            f"at their defaults: {', '.join(added[:10])}{more}"
+        )
+    if not differing:
+        return True
+    shown = "; ".join(f"{k}: cached {old}, now {new}" for k, old, new in differing[:10])
+    more = f"; and {len(differing) - 10} more" if len(differing) > 10 else ""
+    stale = _move_aside(folder)
+    logger.warning(
+        f"The cached {role} in {folder} was trained with another config than the current one "
+        f"under the same key (a default value changed in d2kd since?): {shown}{more}. It is "
+        f"not reused: its files were moved to {stale}, and it is trained again"
+    )
+    return False
+
+
 def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
     """
     Train ``cfg`` (the teacher, stage 2, the plain student, stage 3, or with role "distilled"
     the distilled student, as tools/compare.py caches it), or reuse the model that a run with
-    the same resolved config and data left in ``cfg.OUTPUT_DIR``.
+    the same config and data left in ``cfg.OUTPUT_DIR`` (the folder that :func:`_digest`, or
+    compare.py's ``full_digest`` for a distilled student, names). Before reuse the folder's
+    ``config.yaml`` is checked against ``cfg`` (:func:`check_cached_config`): a stage trained
+    with another config (a default changed in code since) is moved aside and trained again.
 
     Returns:
         {"metrics": COCO bbox metrics, "seconds": training + evaluation when it was trained,
@@ -220,7 +376,8 @@ def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
     )
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
-    if not retrain and os.path.isfile(weights) and os.path.isfile(metrics_file):
+    found = os.path.isfile(weights) and os.path.isfile(metrics_file)
+    if not retrain and found and check_cached_config(cfg, role):
         logger.info(
             f"Stage {stage}: reusing the cached {label} {weights} (--retrain to train again)"
         )

@@ -129,3 +129,138 @@ def test_schedule_is_scaled_and_valid_for_detectron2():
     ]  # fmt: skip
     # Steps at or past the end are dropped (Detectron2 rejects them); warm-up stays >= 1.
     assert demo.schedule_opts(cfg, 2)[3:] == [(), "SOLVER.WARMUP_ITERS", 1]
+
+
+# ----------------------------------------------------------------------------- cache keys
+METHOD = os.path.join(REPO, "configs/shapes/kd/mse_retinanet_R18long_to_R18.yaml")
+
+
+def _keys_and_cfg(demo, data):
+    """The method config resolved as train_net loads it; its plain and distilled cache keys."""
+    from tools import compare
+
+    cfg = demo.train_net.load_cfg(METHOD, ["MODEL.DEVICE", "cpu"])
+    return (demo._digest(cfg, data), compare.full_digest(cfg, data)), cfg
+
+
+def _add_default_keys(monkeypatch):
+    """d2kd gains new config keys (a leaf, a node, a KD leaf), at defaults that change nothing."""
+    from detectron2.config import CfgNode
+
+    import d2kd.config
+
+    original = d2kd.config.add_d2kd_config
+
+    def add(cfg):
+        original(cfg)
+        cfg.SOLVER.NEW_KNOB = 0.5
+        cfg.MODEL.NEW_NODE = CfgNode({"ENABLED": False, "SIZES": (1, 2)})
+        cfg.MODEL.KD.NEW_KNOB = "off"
+
+    monkeypatch.setattr(d2kd.config, "add_d2kd_config", add)
+
+
+def _data(tmp_path):
+    path = tmp_path / "instances_train.json"
+    path.write_text('{"images": []}')
+    return {"train_json": str(path)}
+
+
+def test_a_new_config_key_at_its_default_changes_no_cache_key(tmp_path, monkeypatch):
+    demo, data = _demo(), _data(tmp_path)
+    before, _ = _keys_and_cfg(demo, data)
+    _add_default_keys(monkeypatch)
+    after, cfg = _keys_and_cfg(demo, data)
+    assert cfg.SOLVER.NEW_KNOB == 0.5 and cfg.MODEL.KD.NEW_KNOB == "off"  # in the resolved config
+    assert after == before  # (the whole-config hash before this fix changed both)
+
+
+def test_a_changed_value_changes_the_cache_key(tmp_path):
+    demo, data = _demo(), _data(tmp_path)
+    (plain, distilled), cfg = _keys_and_cfg(demo, data)
+    from tools import compare
+
+    cfg.SOLVER.BASE_LR *= 2
+    assert demo._digest(cfg, data) != plain and compare.full_digest(cfg, data) != distilled
+    cfg.SOLVER.BASE_LR /= 2
+    cfg.MODEL.KD.TEACHER.PRECISION = "bf16"  # the distilled key only: a plain model ignores KD
+    assert demo._digest(cfg, data) == plain and compare.full_digest(cfg, data) != distilled
+    cfg.MODEL.KD.TEACHER.PRECISION = "fp32"
+    cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 2.0  # set to its default: the same config
+    assert (demo._digest(cfg, data), compare.full_digest(cfg, data)) == (plain, distilled)
+    assert any(line.startswith("SOLVER.BASE_LR=") for line in demo.cfg_delta(cfg))
+    with open(data["train_json"], "a") as f:
+        f.write(" ")  # other training annotations
+    assert demo._digest(cfg, data) != plain
+
+
+def _cached_folder(folder, saved, role="teacher"):
+    """A cached stage as run_cached_stage leaves it, trained with the config ``saved``."""
+    folder.mkdir(parents=True)
+    (folder / "model_final.pth").write_bytes(b"old weights")
+    (folder / f"{role}_metrics.json").write_text('{"metrics": {"AP": 1.0}, "seconds": 3.0}')
+    (folder / "log.txt").write_text("old log\n")
+    if saved is not None:
+        (folder / "config.yaml").write_text(saved.dump())
+
+
+def test_a_cached_stage_trained_with_another_default_is_moved_aside_and_retrained(
+    tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    from tools import compare
+
+    demo = _demo()
+    cfg = demo.train_net.load_cfg(METHOD, ["MODEL.DEVICE", "cpu"])
+    cfg.OUTPUT_DIR = str(tmp_path / "teachers" / "key")
+    saved = cfg.clone()  # trained when the default FOCAL_LOSS_GAMMA (the config sets none) was 3
+    saved.MODEL.RETINANET.FOCAL_LOSS_GAMMA = 3.0
+    _cached_folder(tmp_path / "teachers" / "key", saved)
+    assert not compare._cached(cfg, "teacher")  # compare.py's plan counts it as to be trained
+    trained = []
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda c: trained.append(c) or ({}, 1.0))
+    with caplog.at_level(logging.INFO, logger="d2kd"):
+        out = demo.run_cached_stage(cfg, retrain=False, role="teacher")
+    assert not out["cached"] and trained == [cfg]
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.name.startswith("d2kd") and (
+        "MODEL.RETINANET.FOCAL_LOSS_GAMMA: cached 3.0, now 2.0" in warning.getMessage()
+    )
+    (stale,) = (tmp_path / "teachers" / "key").glob("stale-*")
+    assert (stale / "model_final.pth").read_bytes() == b"old weights"
+    assert "FOCAL_LOSS_GAMMA: 3.0" in (stale / "config.yaml").read_text()
+    assert (stale / "teacher_metrics.json").is_file() and (stale / "log.txt").is_file()
+    assert stale.name in warning.getMessage()
+
+
+def test_a_cached_stage_lacking_only_new_default_keys_is_reused(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from d2kd.config import UnsafeConfigError
+
+    demo = _demo()
+    saved = demo.train_net.load_cfg(METHOD, ["MODEL.DEVICE", "cpu"])
+    saved.MODEL.KD.TEACHER.WEIGHTS = "elsewhere.pth"  # a plain model's key ignores the KD node
+    _cached_folder(tmp_path / "students" / "key", saved, "student")
+    _add_default_keys(monkeypatch)
+    cfg = demo.train_net.load_cfg(METHOD, ["MODEL.DEVICE", "cpu"])
+    cfg.OUTPUT_DIR = str(tmp_path / "students" / "key")
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda c: pytest.fail("retrained"))
+    with caplog.at_level(logging.INFO, logger="d2kd"):
+        assert demo.run_cached_stage(cfg, retrain=False, role="student")["cached"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "MODEL.NEW_NODE.ENABLED, MODEL.NEW_NODE.SIZES, SOLVER.NEW_KNOB" in caplog.text
+    assert not list((tmp_path / "students" / "key").glob("stale-*"))
+
+    # A folder without config.yaml: reused, unchecked, and so logged; a tag is refused.
+    _cached_folder(tmp_path / "teachers" / "key", None)
+    cfg.OUTPUT_DIR = str(tmp_path / "teachers" / "key")
+    with caplog.at_level(logging.INFO, logger="d2kd"):
+        assert demo.run_cached_stage(cfg, retrain=False, role="teacher")["cached"]
+    assert "has no config.yaml: the cached teacher is reused unchecked" in caplog.text
+    (tmp_path / "teachers" / "key" / "config.yaml").write_text(
+        'SEED: !!python/object/apply:os.system ["touch pwned"]\n'
+    )
+    with pytest.raises(UnsafeConfigError, match="config.yaml, line 1.*--retrain"):
+        demo.run_cached_stage(cfg, retrain=False, role="teacher")
