@@ -329,7 +329,7 @@ def _run_parallel(args, plan: List[Dict]) -> None:
                 log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
                 logger.info(
                     f"Stage {index[id(p)] + 1}/{len(plan)}: {p['role']} of "
-                    f"{demo._rel(p['method'])}, seed {p['seed']} (in a worker; log {log})"
+                    f"{demo._rel(p['method'])}, seed {p['seed']} queued for a worker (log: {log})"
                 )
                 futures[
                     pool.submit(_stage_worker, args, p["cfg"], p["role"], torch.get_num_threads())
