@@ -68,11 +68,23 @@ def full_digest(cfg, data: Dict) -> str:
     return demo.cache_key(cfg, data, demo.UNKEYED_DISTILLED)
 
 
+def method_args(args, method: str) -> argparse.Namespace:
+    """``args`` for one method: ``method`` and its teacher config (``--teacher``, or with
+    ``--teacher method`` the method config's own ``MODEL.KD.TEACHER.CONFIG_FILE``: methods with
+    different teachers each distil from their own)."""
+    ns = copy.copy(args)
+    ns.method = method
+    teacher = args.teacher
+    if teacher == "method":
+        teacher = demo.train_net.load_cfg(method).MODEL.KD.TEACHER.CONFIG_FILE
+    ns.teacher = demo.resolve_config_path(teacher)
+    return ns
+
+
 def seed_cfgs(args, data: Dict, method: str, teacher_weights: str, seed: int):
     """The plain and distilled configs of ``method`` for ``seed`` (demo.student_cfgs, then
     ``SEED`` := seed on both and each written to its cache folder)."""
-    ns = copy.copy(args)
-    ns.method = method
+    ns = method_args(args, method)
     plain, kd = demo.student_cfgs(ns, data, teacher_weights)
     plain.SEED = kd.SEED = seed
     plain.OUTPUT_DIR = os.path.join(args.cache_dir, "students", demo._digest(plain, data))
@@ -119,7 +131,7 @@ def build_plan(args, data: Dict) -> List[Dict]:
 
     teachers = {}
     for method in args.methods:
-        tcfg = demo.teacher_cfg(demo.train_net.load_cfg(method), data, args)
+        tcfg = demo.teacher_cfg(demo.train_net.load_cfg(method), data, method_args(args, method))
         teachers[method] = tcfg
         add("teacher", method, tcfg.SEED, tcfg)
     for seed in args.seeds:
@@ -537,9 +549,8 @@ def parse_args(argv=None):
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has repeated values: {args.seeds}")
     args.methods = [demo.resolve_config_path(m) for m in args.methods]
-    if args.teacher == "method":
-        args.teacher = demo.train_net.load_cfg(args.methods[0]).MODEL.KD.TEACHER.CONFIG_FILE
-    args.teacher = demo.resolve_config_path(args.teacher)
+    if args.teacher != "method":
+        args.teacher = demo.resolve_config_path(args.teacher)
     args.cache_dir = args.cache_dir or args.output
     args.data_root = demo.default_data_root(
         args.data_root, args.train_images, args.val_images, args.dataset

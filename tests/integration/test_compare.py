@@ -205,3 +205,27 @@ def test_student_opts_change_both_students_and_not_the_teacher(tmp_path):
         else:
             assert cfg.SOLVER.BASE_LR == 0.123 and cfg.OUTPUT_DIR != base[(role, seed)].OUTPUT_DIR
             assert "SOLVER.BASE_LR" not in cfg.MODEL.KD.TEACHER.OPTS
+
+
+def test_teacher_method_gives_each_method_its_own_teacher(tmp_path):
+    """``--teacher method`` with methods whose configs name different teachers: each distils from
+    its own (before the fix, every method read the first method's teacher)."""
+    mse = "configs/shapes/kd/mse_retinanet_R18long_to_R18.yaml"  # teacher retinanet_R18_long
+    pgd = "configs/shapes/kd/pgd_retinanet_R50_to_R18.yaml"  # teacher retinanet_R50
+    args = compare.parse_args(_argv(tmp_path, "--teacher", "method", "--methods", mse, pgd))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    teachers = {p["method"]: p["cfg"] for p in plan if p["role"] == "teacher"}
+    assert teachers[compare.demo.resolve_config_path(mse)].MODEL.RESNETS.DEPTH == 18
+    assert teachers[compare.demo.resolve_config_path(pgd)].MODEL.RESNETS.DEPTH == 50
+    for p in plan:
+        if p["role"] == "distilled":
+            weights = p["cfg"].MODEL.KD.TEACHER.WEIGHTS
+            assert weights == str(Path(teachers[p["method"]].OUTPUT_DIR) / "model_final.pth")
+            assert p["cfg"].MODEL.KD.TEACHER.CONFIG_FILE.endswith(
+                "retinanet_R18_long.yaml" if "mse_" in p["method"] else "retinanet_R50.yaml"
+            )
+    # The default --teacher is the demo's one teacher for every method.
+    args = compare.parse_args(_argv(tmp_path, "--methods", mse, pgd))
+    plan = compare.build_plan(args, data)
+    assert [p["role"] for p in plan].count("teacher") == 1
