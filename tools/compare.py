@@ -39,6 +39,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -305,10 +306,24 @@ def run_plan(args, plan: List[Dict]) -> None:
         p.update(out)
 
 
-def _stage_worker(args, cfg, role: str, threads: int) -> Dict:
-    """One stage in a worker process: the parent's thread count, the datasets registered, the
-    log in the stage's own ``OUTPUT_DIR/log.txt`` (not the console, which the parallel stages
-    would interleave); train or reuse."""
+def _watch_parent(parent: int, interval: float = 2.0) -> None:
+    """Exit this process (code 3) once process ``parent`` is no longer its parent: a worker of a
+    killed ``tools/compare.py`` stops instead of training on, unseen, into the stage folder that
+    the next comparison writes."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="d2kd-watch-parent", daemon=True).start()
+
+
+def _stage_worker(args, cfg, role: str, threads: int, parent: int) -> Dict:
+    """One stage in a worker process: stopped when ``parent`` (compare.py) dies, the parent's
+    thread count, the datasets registered, the log in the stage's own ``OUTPUT_DIR/log.txt`` (not
+    the console, which the parallel stages would interleave); train or reuse."""
+    _watch_parent(parent)
     torch.set_num_threads(threads)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     for name in ("detectron2", "d2kd"):
@@ -343,8 +358,9 @@ def _run_parallel(args, plan: List[Dict]) -> None:
                     f"Stage {index[id(p)] + 1}/{len(plan)}: {p['role']} of "
                     f"{demo._rel(p['method'])}, seed {p['seed']} queued for a worker (log: {log})"
                 )
+                threads = torch.get_num_threads()
                 futures[
-                    pool.submit(_stage_worker, args, p["cfg"], p["role"], torch.get_num_threads())
+                    pool.submit(_stage_worker, args, p["cfg"], p["role"], threads, os.getpid())
                 ] = p
             _collect(args, plan, index, futures)
 

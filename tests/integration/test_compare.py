@@ -229,3 +229,44 @@ def test_teacher_method_gives_each_method_its_own_teacher(tmp_path):
     args = compare.parse_args(_argv(tmp_path, "--methods", mse, pgd))
     plan = compare.build_plan(args, data)
     assert [p["role"] for p in plan].count("teacher") == 1
+
+
+def test_a_stage_worker_stops_when_compare_is_killed():
+    """A --jobs worker whose compare.py is killed exits instead of training on unseen."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = (
+        "import os, time; from tools.compare import _watch_parent; "
+        "_watch_parent(os.getppid(), 0.1); print('watching', flush=True); time.sleep(120)"
+    )
+    parent = (
+        "import subprocess, sys, time; "
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        "print(c.pid, flush=True); time.sleep(120)"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, env=env,
+                            text=True, cwd=repo)  # fmt: skip
+    pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "watching"  # the worker runs while its parent lives
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive():  # a zombie (exited, not reaped by its new parent) counts as gone
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while alive() and time.time() < deadline:
+        time.sleep(0.1)
+    if alive():
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the worker outlived its killed parent by 10 s")
