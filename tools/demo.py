@@ -57,6 +57,7 @@ from d2kd.data.shapes import SPLITS, ensure_shapes_dataset  # noqa: E402
 from d2kd.engine import write_run_info  # noqa: E402
 from d2kd.engine.startup import check_num_classes, check_training_data  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
+from d2kd.utils.files import exclusive_lock  # noqa: E402
 
 import train_net  # noqa: E402
 from tools.results_table import format_ap  # noqa: E402
@@ -174,6 +175,8 @@ def stage_cfg(config_file: str, iters: Optional[int], data: Dict, args, out_dir:
 # teacher and the plain student) the KD node, which a plain model never reads.
 UNKEYED = ("OUTPUT_DIR", "MODEL.KD")
 UNKEYED_DISTILLED = ("OUTPUT_DIR",)
+# The file in a stage folder that run_cached_stage locks while it checks, trains or reuses it.
+STAGE_LOCK = ".stage.lock"
 ABSENT = "<absent>"
 
 
@@ -315,7 +318,7 @@ def _move_aside(folder: str) -> str:
     os.makedirs(dest)
     for name in sorted(os.listdir(folder)):
         src = os.path.join(folder, name)
-        if name.startswith("stale-") and os.path.isdir(src):
+        if (name.startswith("stale-") and os.path.isdir(src)) or name == STAGE_LOCK:
             continue
         if name == "log.txt":
             shutil.copy2(src, dest)
@@ -374,6 +377,19 @@ def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
     stage, label = {"teacher": ("2/5", role), "distilled": ("4/5", "distilled student")}.get(
         role, ("3/5", f"plain {role}")
     )
+    # One process per stage folder at a time (two comparisons or demos sharing a cache): the
+    # second waits for the first and then reuses its run. _move_aside leaves the lock in place.
+    lock = os.path.join(cfg.OUTPUT_DIR, STAGE_LOCK)
+
+    def waiting():
+        logger.info(f"Stage {stage}: another process is training {cfg.OUTPUT_DIR}; waiting for it")
+
+    with exclusive_lock(lock, on_wait=waiting):
+        return _run_stage_locked(cfg, retrain, role, stage, label)
+
+
+def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> Dict:
+    """run_cached_stage's body, under the stage folder's lock."""
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
     found = os.path.isfile(weights) and os.path.isfile(metrics_file)

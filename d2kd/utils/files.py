@@ -1,8 +1,11 @@
 """Small file helpers (standard library only)."""
 
+import contextlib
 import hashlib
+import os
+from typing import Callable, Iterator, Optional
 
-__all__ = ["file_sha256"]
+__all__ = ["exclusive_lock", "file_sha256"]
 
 
 def file_sha256(path: str) -> str:
@@ -12,3 +15,32 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, on_wait: Optional[Callable[[], None]] = None) -> Iterator[None]:
+    """
+    Hold an exclusive POSIX ``flock`` on the file ``path`` (created if absent, never removed)
+    for the ``with`` block; where ``fcntl`` does not exist (Windows), no lock. Another process
+    (or another open of the file in this one) waits until the holder leaves its block.
+
+    Args:
+        on_wait: called once, before blocking, when the lock is already held (to log who waits).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -264,3 +264,46 @@ def test_a_cached_stage_lacking_only_new_default_keys_is_reused(tmp_path, monkey
     )
     with pytest.raises(UnsafeConfigError, match="config.yaml, line 1.*--retrain"):
         demo.run_cached_stage(cfg, retrain=False, role="teacher")
+
+
+def test_two_processes_asking_for_one_stage_train_it_once(tmp_path, monkeypatch, caplog):
+    """Two runs sharing a cache (two comparisons, or a demo beside one) reach the same stage
+    folder together: the second waits for the first's lock, then reuses its run."""
+    import logging
+    import threading
+    import time
+
+    demo = _demo()
+    cfg = demo.train_net.load_cfg(METHOD, ["MODEL.DEVICE", "cpu"])
+    cfg.OUTPUT_DIR = str(tmp_path / "students" / "key")
+    trained, started = [], threading.Event()
+
+    def fake_train(c):  # writes what a finished stage leaves, slowly
+        trained.append(c.OUTPUT_DIR)
+        started.set()
+        time.sleep(1.0)
+        os.makedirs(c.OUTPUT_DIR, exist_ok=True)
+        with open(os.path.join(c.OUTPUT_DIR, "model_final.pth"), "wb") as f:
+            f.write(b"weights")
+        with open(os.path.join(c.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(c.dump())
+        return {"AP": 1.0}, 1.0
+
+    monkeypatch.setattr(demo, "train_and_evaluate", fake_train)
+    outs = {}
+
+    def run(name):  # each thread opens the lock file itself, as another process would
+        outs[name] = demo.run_cached_stage(cfg.clone(), retrain=False, role="student")
+
+    first = threading.Thread(target=run, args=("first",))
+    with caplog.at_level(logging.INFO, logger="d2kd"):
+        first.start()
+        assert started.wait(30)
+        second = threading.Thread(target=run, args=("second",))
+        second.start()
+        first.join(60)
+        second.join(60)
+    assert trained == [cfg.OUTPUT_DIR]  # trained once
+    assert not outs["first"]["cached"] and outs["second"]["cached"]
+    assert outs["second"]["metrics"] == {"AP": 1.0}
+    assert any("another process is training" in r.getMessage() for r in caplog.records)
