@@ -23,7 +23,8 @@ interval (Student's t over the differences), and the wall time. Written under ``
 ``compare.png`` (AP mean +- std, and the gain with its interval).
 
 ``--jobs N`` trains N stages at once, each in a fresh process logging to its own folder (the
-teachers first); ``--student-opts`` overrides the plain and distilled students, not the teacher.
+teachers and plain students first, the distilled students once the teachers have trained);
+``--student-opts`` overrides the plain and distilled students, not the teacher.
 
 ``--budget MINUTES`` estimates up front how long the runs that are not cached will take on this
 machine (per-iteration times measured by earlier runs of the same stage, thread count and device,
@@ -215,6 +216,7 @@ def probe(args, cfg, role: str) -> None:
         pcfg.MODEL.KD.TEACHER.WEIGHTS = ""
         pcfg.MODEL.KD.TEACHER.ALLOW_RANDOM_INIT = True
     start = time.perf_counter()
+    os.makedirs(args.cache_dir, exist_ok=True)  # --dry-run before any stage has made it
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         pcfg.OUTPUT_DIR = tmp
         demo.train_and_evaluate(pcfg)
@@ -292,7 +294,7 @@ def check_budget(args, plan: List[Dict]) -> float:
 def run_plan(args, plan: List[Dict]) -> None:
     """Train (or reuse) every stage of ``plan``; each entry gains "metrics", "seconds",
     "weights", "cached". With ``--jobs`` N > 1 the stages run in N worker processes: the
-    teachers first (the distilled stages read them), then the students."""
+    distilled students after the teachers they read (:func:`stage_waves`)."""
     if args.jobs > 1:
         _run_parallel(args, plan)
         return
@@ -332,64 +334,83 @@ def _stage_worker(args, cfg, role: str, threads: int, parent: int) -> Dict:
     return demo.run_cached_stage(cfg, args.retrain, role)
 
 
+def stage_waves(plan: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
+    """
+    The stages of ``plan`` in two waves for ``--jobs``: what needs no trained teacher (the
+    teachers, then the plain students) and what reads one (the distilled students), started
+    once every teacher has trained. A plain student then uses the cores that the teachers leave
+    idle (with one teacher and two jobs, the second core no longer waits for the teacher).
+    """
+    first = [p for p in plan if p["role"] == "teacher"] + [
+        p for p in plan if p["role"] == "student"
+    ]
+    return first, [p for p in plan if p["role"] == "distilled"]
+
+
 def _run_parallel(args, plan: List[Dict]) -> None:
-    """run_plan with ``args.jobs`` spawned worker processes, one stage each at a time; the
-    teachers' phase ends before the students' begins. A failed stage stops the comparison once
-    the running stages end, naming the stage and its log."""
+    """run_plan with ``args.jobs`` spawned worker processes, one stage each at a time, in the
+    order of :func:`stage_waves`. A failed stage stops the comparison once the started and queued
+    stages end, naming the stage and its log; a failed teacher leaves its distilled students
+    unstarted."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     index = {id(p): i for i, p in enumerate(plan)}
-    phases = [
-        [p for p in plan if p["role"] == "teacher"],
-        [p for p in plan if p["role"] != "teacher"],
-    ]
+    first, after_teachers = stage_waves(plan)
     ctx = multiprocessing.get_context("spawn")
     # A fresh process per stage: a stage's floating-point result then never depends on what its
     # worker ran before (a second training in one process differed from the first by ~1e-8 after
     # one step, which 600 steps can amplify).
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx, max_tasks_per_child=1)
-    with pool:
-        for phase in phases:
-            futures = {}
-            for p in phase:
-                log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
-                logger.info(
-                    f"Stage {index[id(p)] + 1}/{len(plan)}: {p['role']} of "
-                    f"{demo._rel(p['method'])}, seed {p['seed']} queued for a worker (log: {log})"
-                )
-                threads = torch.get_num_threads()
-                futures[
-                    pool.submit(_stage_worker, args, p["cfg"], p["role"], threads, os.getpid())
-                ] = p
-            _collect(args, plan, index, futures)
 
-
-def _collect(args, plan: List[Dict], index: Dict, futures: Dict) -> None:
-    """Wait for ``futures`` (future -> plan entry); record each result as run_plan does."""
-    from concurrent.futures import as_completed
+    def submit(p):
+        log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
+        logger.info(
+            f"Stage {index[id(p)] + 1}/{len(plan)}: {p['role']} of {demo._rel(p['method'])}, "
+            f"seed {p['seed']} queued for a worker (log: {log})"
+        )
+        threads = torch.get_num_threads()
+        return pool.submit(_stage_worker, args, p["cfg"], p["role"], threads, os.getpid())
 
     failed = []
-    for fut in as_completed(futures):
-        p = futures[fut]
-        method = demo._rel(p["method"])
-        where = f"stage {index[id(p)] + 1}/{len(plan)} ({p['role']} of {method}, seed {p['seed']})"
-        try:
-            out = fut.result()
-        except Exception as e:  # reported with its stage; raised once the others end
-            log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
-            logger.error(f"{where} failed: {type(e).__name__}: {e} (its log: {log})")
-            failed.append((where, e))
-            continue
-        if not out["cached"]:
-            record_timing(args, p["cfg"], p["role"], out["seconds"])
-        p.update(out)
-        logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
+    with pool:
+        futures = {submit(p): p for p in first}
+        teachers = {f for f, p in futures.items() if p["role"] == "teacher"}
+        pending = set(futures)
+        while teachers or pending:
+            if not teachers and after_teachers:
+                if not any(p["role"] == "teacher" for _, p, _ in failed):
+                    more = {submit(p): p for p in after_teachers}
+                    futures.update(more)
+                    pending |= set(more)
+                after_teachers = []
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            teachers -= done
+            for fut in done:
+                _record(args, plan, index, fut, futures[fut], failed)
     if failed:
+        where, _, e = failed[0]
         raise RuntimeError(
-            f"tools/compare.py: {len(failed)} stage(s) failed, first {failed[0][0]}: "
-            f"{failed[0][1]}"
-        ) from failed[0][1]
+            f"tools/compare.py: {len(failed)} stage(s) failed, first {where}: {e}"
+        ) from e
+
+
+def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> None:
+    """Record the finished ``fut`` of plan entry ``p`` as run_plan does, or append
+    (where, p, exception) to ``failed``."""
+    method = demo._rel(p["method"])
+    where = f"stage {index[id(p)] + 1}/{len(plan)} ({p['role']} of {method}, seed {p['seed']})"
+    try:
+        out = fut.result()
+    except Exception as e:  # reported with its stage; raised once the others end
+        log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
+        logger.error(f"{where} failed: {type(e).__name__}: {e} (its log: {log})")
+        failed.append((where, p, e))
+        return
+    if not out["cached"]:
+        record_timing(args, p["cfg"], p["role"], out["seconds"])
+    p.update(out)
+    logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
 
 
 def _metrics(p: Dict) -> Dict[str, float]:
@@ -552,7 +573,8 @@ def parse_args(argv=None):
     p.add_argument("--student-opts", nargs="*", default=[], help="KEY VALUE overrides for the "
                    "plain and distilled students, not the teacher (a student recipe)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="stages trained at once, each in its own "
-                   "process (teachers first); on the CPU give each OMP_NUM_THREADS=1")  # fmt: skip
+                   "process (distilled ones after the teachers); on the CPU give each "
+                   "OMP_NUM_THREADS=1")  # fmt: skip
     p.add_argument("--calibrated", action="store_true", help="also run every method with "
                    "MODEL.KD.CALIBRATE on (rows '<method> (calibrated)')")  # fmt: skip
     p.add_argument("--budget", type=float, default=None, help="refuse to start when the stages "

@@ -127,11 +127,29 @@ def test_budget_counts_parallel_jobs_up_to_the_cores(tmp_path, monkeypatch):
 
 
 def test_dry_run_probes_each_kind_of_stage_for_real(tmp_path):
-    # The probes train (no evaluation) and record a measured time per iteration for each stage.
-    assert compare.main(_argv(tmp_path, "--seeds", "5", "--dry-run", "--probe-iters", "2")) == []
-    timings = compare.load_timings(compare.parse_args(_argv(tmp_path)))
+    # The probes train (no evaluation) and record a measured time per iteration for each stage,
+    # in a --cache-dir that no run has made yet (the probe used to fail creating its folder there).
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    argv = _argv(tmp_path, *cache, "--seeds", "5", "--dry-run", "--probe-iters", "2")
+    assert compare.main(argv) == []
+    timings = compare.load_timings(compare.parse_args(_argv(tmp_path, *cache)))
     assert len(timings) == 3 and all(t["sec_per_iter"] > 0 for t in timings.values())
-    assert not (tmp_path / "out" / "teachers").exists()  # probes cache nothing
+    assert not (tmp_path / "cache" / "teachers").exists()  # probes cache nothing
+
+
+def test_parallel_waves_start_the_plain_students_with_the_teacher(tmp_path):
+    """--jobs: the plain students need no teacher, so they share the first wave with it; the
+    distilled students wait for it."""
+    args = compare.parse_args(_argv(tmp_path, "--jobs", "2", "--calibrated"))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    first, second = compare.stage_waves(plan)
+    assert [(p["role"], p["seed"]) for p in first[1:]] == [("student", 5), ("student", 6)]
+    assert first[0]["role"] == "teacher"
+    assert [(p["role"], p["seed"], p["variant"]) for p in second] == [
+        ("distilled", s, v) for s in (5, 6) for v in ("", compare.CALIBRATED[0])
+    ]
+    assert len(first) + len(second) == len(plan)
 
 
 def test_calibrated_adds_a_calibrated_distilled_run_per_seed_on_shapes_wide(tmp_path):
