@@ -413,6 +413,44 @@ def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> 
     logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
 
 
+# Library builds that change a stage's floating-point result. d2kd's own commit is left out: a
+# cached stage is reused across d2kd commits, its config checked against the current defaults.
+NUMERIC_VERSIONS = ("torch", "detectron2", "detectron2_commit")
+
+
+def stage_versions(out_dir: str) -> Optional[Dict[str, str]]:
+    """The :data:`NUMERIC_VERSIONS` the stage in ``out_dir`` was trained with (from its
+    ``run_info.json``), or None when it has no readable one."""
+    try:
+        with open(os.path.join(out_dir, "run_info.json")) as f:
+            versions = json.load(f).get("versions", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {k: str(versions.get(k)) for k in NUMERIC_VERSIONS}
+
+
+def check_versions(plan: List[Dict]) -> None:
+    """Give each plan entry its "versions"; warn, naming the stages, when they were trained with
+    different torch or Detectron2 builds: a pair straddling two builds differs by the build as
+    well as by the method (a rebuilt environment, same versions but another torch wheel and
+    Detectron2 commit, moved the shapes teacher by 1.0 AP and a plain student by 0.6)."""
+    groups: Dict[str, List[Dict]] = {}
+    for p in plan:
+        p["versions"] = stage_versions(p["cfg"].OUTPUT_DIR)
+        groups.setdefault(json.dumps(p["versions"], sort_keys=True), []).append(p)
+    if len(groups) < 2:
+        return
+    lines = []
+    for key, stages in groups.items():
+        names = ", ".join(f"{p['role']} seed {p['seed']} ({p['cfg'].OUTPUT_DIR})" for p in stages)
+        lines.append(f"  {key if key != 'null' else 'no run_info.json'}: {names}")
+    logger.warning(
+        "The stages of this comparison were trained with different library builds, so their "
+        "pairs also measure the build (--retrain, or a new --cache-dir, trains them all with "
+        "this one):\n" + "\n".join(lines)
+    )
+
+
 def _metrics(p: Dict) -> Dict[str, float]:
     return {m: p["metrics"].get(m) for m in METRICS}
 
@@ -500,7 +538,7 @@ def write_outputs(args, plan: List[Dict], rows: List[Dict], meta: Dict) -> None:
          "seed": p["seed"],
          "cached": p["cached"], "seconds": p["seconds"], "iters": p["cfg"].SOLVER.MAX_ITER,
          "config": demo._rel(os.path.join(p["cfg"].OUTPUT_DIR, "config.yaml")),
-         "weights": demo._rel(p["weights"]), **_metrics(p)}
+         "weights": demo._rel(p["weights"]), "versions": p.get("versions"), **_metrics(p)}
         for p in plan
     ]  # fmt: skip
     with open(os.path.join(args.output, "compare.json"), "w") as f:
@@ -609,6 +647,7 @@ def main(argv=None) -> List[Dict]:
     if args.dry_run:
         return []
     run_plan(args, plan)
+    check_versions(plan)
     rows = summarize_plan(args, plan)
     meta = {
         "methods": [demo._rel(m) for m in args.methods],

@@ -200,6 +200,28 @@ def test_parallel_jobs_give_the_sequential_results_and_a_log_per_stage(tmp_path)
     assert sorted(k.split("|")[0] for k in timings) == ["distilled", "student", "teacher"]
 
 
+def test_stages_of_another_library_build_are_named_in_a_warning(tmp_path):
+    argv = _argv(tmp_path, "--seeds", "5")
+    compare.main(argv)
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    versions = {json.dumps(r["versions"], sort_keys=True) for r in saved["runs"]}
+    assert len(versions) == 1 and saved["runs"][0]["versions"]["torch"] == torch.__version__
+    log = tmp_path / "out" / "log.txt"
+    assert "different library builds" not in log.read_text()
+    # The cached plain student now says it was trained with another torch build.
+    plain = next(Path(r["weights"]).parent for r in saved["runs"] if r["role"] == "student")
+    info = json.loads((plain / "run_info.json").read_text())
+    info["versions"]["torch"] = "2.0.0+other"
+    (plain / "run_info.json").write_text(json.dumps(info))
+    compare.main(argv)  # every stage cached: nothing retrained, the mix reported
+    text = log.read_text()
+    assert "different library builds" in text
+    warning = text[text.index("different library builds") :]
+    assert '"torch": "2.0.0+other"' in warning and str(plain) in warning
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert {r["versions"]["torch"] for r in saved["runs"]} == {torch.__version__, "2.0.0+other"}
+
+
 def test_a_failed_parallel_stage_is_named_with_its_log(tmp_path):
     argv = _argv(tmp_path, "--jobs", "2", "--kd-opts", "MODEL.KD.LOSSES", "['NoSuchLoss']")
     with pytest.raises(RuntimeError, match=r"2 stage\(s\) failed, first stage \d/5 \(distilled of"):
