@@ -123,8 +123,39 @@ def run_info(cfg) -> dict:
             "detectron2": detectron2.__version__,
             "detectron2_commit": _git_commit(os.path.dirname(os.path.dirname(detectron2.__file__))),
             "torch": torch.__version__,
+            **_library_versions(),
         },
     }
+
+
+def _library_versions() -> dict:
+    """Versions of the other libraries a stage's numbers depend on (image decoding and resizing,
+    COCO evaluation), the Python version and the CPU model: what ``tools/compare.py`` compares
+    between the stages it pairs. A library that is not installed reads "absent"."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "cpu": _cpu_model()}
+    for name in ("torchvision", "numpy", "pillow", "pycocotools"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def write_run_info(cfg, path: str) -> None:

@@ -200,23 +200,29 @@ def test_parallel_jobs_give_the_sequential_results_and_a_log_per_stage(tmp_path)
     assert sorted(k.split("|")[0] for k in timings) == ["distilled", "student", "teacher"]
 
 
-def test_stages_of_another_library_build_are_named_in_a_warning(tmp_path):
+def test_stages_of_another_environment_are_named_in_a_warning(tmp_path):
     argv = _argv(tmp_path, "--seeds", "5")
     compare.main(argv)
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
     versions = {json.dumps(r["versions"], sort_keys=True) for r in saved["runs"]}
     assert len(versions) == 1 and saved["runs"][0]["versions"]["torch"] == torch.__version__
     log = tmp_path / "out" / "log.txt"
-    assert "different library builds" not in log.read_text()
-    # The cached plain student now says it was trained with another torch build.
+    assert {"numpy", "pillow", "cpu"} <= set(saved["runs"][0]["versions"])
+    assert "different environments" not in log.read_text()
+    # A stage from before a key was recorded (numpy here) is compared on the other keys only.
     plain = next(Path(r["weights"]).parent for r in saved["runs"] if r["role"] == "student")
     info = json.loads((plain / "run_info.json").read_text())
+    del info["versions"]["numpy"]
+    (plain / "run_info.json").write_text(json.dumps(info))
+    compare.main(argv)
+    assert "different environments" not in log.read_text()
+    # The cached plain student now says it was trained with another torch build.
     info["versions"]["torch"] = "2.0.0+other"
     (plain / "run_info.json").write_text(json.dumps(info))
     compare.main(argv)  # every stage cached: nothing retrained, the mix reported
     text = log.read_text()
-    assert "different library builds" in text
-    warning = text[text.index("different library builds") :]
+    assert "different environments" in text
+    warning = text[text.index("different environments") :]
     assert '"torch": "2.0.0+other"' in warning and str(plain) in warning
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert {r["versions"]["torch"] for r in saved["runs"]} == {torch.__version__, "2.0.0+other"}
