@@ -347,6 +347,36 @@ def stage_waves(plan: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
     return first, [p for p in plan if p["role"] == "distilled"]
 
 
+def drive_waves(first, after_teachers, submit, wait_first, on_done) -> None:
+    """
+    Submit the ``first`` wave; once every teacher in it has finished, submit ``after_teachers``
+    (not when a teacher failed); return when every submitted stage has finished.
+
+    Args:
+        submit: plan entry -> future.
+        wait_first: set of futures -> (done, not done), as ``concurrent.futures.wait`` with
+            ``FIRST_COMPLETED`` (several may finish together: the teacher with a plain student).
+        on_done: (future, plan entry) -> whether the stage succeeded (it records the result).
+    """
+    futures = {submit(p): p for p in first}
+    teachers = {f for f, p in futures.items() if p["role"] == "teacher"}
+    pending, teacher_failed = set(futures), False
+    while True:
+        if not teachers and after_teachers:
+            if not teacher_failed:
+                more = {submit(p): p for p in after_teachers}
+                futures.update(more)
+                pending |= set(more)
+            after_teachers = []
+        if not pending:
+            return
+        done, pending = wait_first(pending)
+        teachers -= done
+        for fut in done:
+            if not on_done(fut, futures[fut]) and futures[fut]["role"] == "teacher":
+                teacher_failed = True
+
+
 def _run_parallel(args, plan: List[Dict]) -> None:
     """run_plan with ``args.jobs`` spawned worker processes, one stage each at a time, in the
     order of :func:`stage_waves`. A failed stage stops the comparison once the started and queued
@@ -372,22 +402,16 @@ def _run_parallel(args, plan: List[Dict]) -> None:
         threads = torch.get_num_threads()
         return pool.submit(_stage_worker, args, p["cfg"], p["role"], threads, os.getpid())
 
+    def record(fut, p) -> bool:
+        n = len(failed)
+        _record(args, plan, index, fut, p, failed)
+        return len(failed) == n
+
     failed = []
     with pool:
-        futures = {submit(p): p for p in first}
-        teachers = {f for f, p in futures.items() if p["role"] == "teacher"}
-        pending = set(futures)
-        while teachers or pending:
-            if not teachers and after_teachers:
-                if not any(p["role"] == "teacher" for _, p, _ in failed):
-                    more = {submit(p): p for p in after_teachers}
-                    futures.update(more)
-                    pending |= set(more)
-                after_teachers = []
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            teachers -= done
-            for fut in done:
-                _record(args, plan, index, fut, futures[fut], failed)
+        drive_waves(
+            first, after_teachers, submit, lambda fs: wait(fs, return_when=FIRST_COMPLETED), record
+        )
     if failed:
         where, _, e = failed[0]
         raise RuntimeError(

@@ -200,6 +200,42 @@ def test_parallel_jobs_give_the_sequential_results_and_a_log_per_stage(tmp_path)
     assert sorted(k.split("|")[0] for k in timings) == ["distilled", "student", "teacher"]
 
 
+def _done_future(result=None, error=None):
+    from concurrent.futures import Future
+
+    fut = Future()
+    fut.set_exception(error) if error else fut.set_result(result)
+    return fut
+
+
+def test_waves_submit_the_distilled_stages_when_teacher_and_plain_finish_together():
+    """The race CI found: the teacher and a plain student reported done by one wait left the loop
+    before the distilled stage was submitted (its result missing: KeyError 'metrics')."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    def run(teacher_error=None):
+        submitted, recorded = [], []
+
+        def submit(p):
+            submitted.append(p["name"])
+            return _done_future(error=teacher_error if p["role"] == "teacher" else None)
+
+        def on_done(fut, p):
+            recorded.append(p["name"])
+            return fut.exception() is None
+
+        first = [{"role": "teacher", "name": "T"}, {"role": "student", "name": "P"}]
+        after = [{"role": "distilled", "name": "D"}]
+        compare.drive_waves(first, after, submit, lambda fs: wait(fs, return_when=FIRST_COMPLETED),
+                            on_done)  # fmt: skip
+        return submitted, sorted(recorded)  # the order within one wait's done set is arbitrary
+
+    # Every future is done when submitted, so one wait returns the teacher and the plain student.
+    assert run() == (["T", "P", "D"], ["D", "P", "T"])
+    # A failed teacher: its distilled students are never submitted; the plain student still ends.
+    assert run(RuntimeError("teacher")) == (["T", "P"], ["P", "T"])
+
+
 def test_stages_of_another_environment_are_named_in_a_warning(tmp_path):
     argv = _argv(tmp_path, "--seeds", "5")
     compare.main(argv)
