@@ -402,16 +402,12 @@ def _run_parallel(args, plan: List[Dict]) -> None:
         threads = torch.get_num_threads()
         return pool.submit(_stage_worker, args, p["cfg"], p["role"], threads, os.getpid())
 
-    def record(fut, p) -> bool:
-        n = len(failed)
-        _record(args, plan, index, fut, p, failed)
-        return len(failed) == n
-
     failed = []
     with pool:
         drive_waves(
-            first, after_teachers, submit, lambda fs: wait(fs, return_when=FIRST_COMPLETED), record
-        )
+            first, after_teachers, submit, lambda fs: wait(fs, return_when=FIRST_COMPLETED),
+            lambda fut, p: _record(args, plan, index, fut, p, failed),
+        )  # fmt: skip
     if failed:
         where, _, e = failed[0]
         raise RuntimeError(
@@ -419,9 +415,9 @@ def _run_parallel(args, plan: List[Dict]) -> None:
         ) from e
 
 
-def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> None:
-    """Record the finished ``fut`` of plan entry ``p`` as run_plan does, or append
-    (where, p, exception) to ``failed``."""
+def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> bool:
+    """Record the finished ``fut`` of plan entry ``p`` as run_plan does and return True, or
+    append (where, p, exception) to ``failed`` and return False."""
     method = demo._rel(p["method"])
     where = f"stage {index[id(p)] + 1}/{len(plan)} ({p['role']} of {method}, seed {p['seed']})"
     try:
@@ -430,11 +426,12 @@ def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> 
         log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
         logger.error(f"{where} failed: {type(e).__name__}: {e} (its log: {log})")
         failed.append((where, p, e))
-        return
+        return False
     if not out["cached"]:
         record_timing(args, p["cfg"], p["role"], out["seconds"])
     p.update(out)
     logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
+    return True
 
 
 # What a stage's run_info.json records of its environment that can change its floating-point
