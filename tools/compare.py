@@ -52,7 +52,7 @@ sys.path.insert(0, REPO)
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from tools import demo  # noqa: E402
-from tools.compare_stats import mean_std, summarize  # noqa: E402
+from tools.compare_stats import mean_std, paired_gain, summarize  # noqa: E402
 from tools.results_table import format_ap  # noqa: E402
 
 METRICS = demo.METRICS
@@ -481,6 +481,69 @@ def check_versions(plan: List[Dict]) -> None:
     )
 
 
+def stage_calibration(out_dir: str) -> Optional[Dict]:
+    """The ``kd_calibration`` record (measured means and frozen scales) that the distilled stage in
+    ``out_dir`` wrote to its ``run_info.json``, or None (calibration off, or no readable file)."""
+    try:
+        with open(os.path.join(out_dir, "run_info.json")) as f:
+            record = json.load(f).get("kd_calibration")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _start_ratios(record: Optional[Dict]) -> Dict[str, Optional[float]]:
+    """loss name -> its mean over the calibration iterations (shipped weight included) divided by
+    the mean detection loss: how far above the detection loss the shipped weights start."""
+    record = record or {}
+    det = record.get("mean_detection_loss")
+    return {
+        name: (kd / det if det else None) for name, kd in (record.get("mean_kd_loss") or {}).items()
+    }
+
+
+def calibration_rows(args, plan: List[Dict]) -> List[Dict]:
+    """
+    Per method of a ``--calibrated`` comparison: calibrated minus shipped, paired by seed, per
+    metric, with what calibration measured per seed.
+
+    Returns:
+        one dict per method: "model", "config", "seeds" (the seeds with both runs), "n",
+        ``diff_<metric>`` (mean of calibrated - shipped) with ``diff_<metric>_ci_low/high`` (95 %,
+        None below 2 pairs), "start_ratio" and "scales": loss name -> one value per seed of
+        "seeds" (None where that run recorded no calibration).
+    """
+    if not args.calibrated:
+        return []
+    label = CALIBRATED[0]
+    rows = []
+    for method in args.methods:
+        runs = {
+            v: {p["seed"]: p for p in plan if p["role"] == "distilled" and p["method"] == method
+                and p["variant"] == v}
+            for v in ("", label)
+        }  # fmt: skip
+        seeds = sorted(set(runs[""]) & set(runs[label]))
+        name = os.path.splitext(os.path.basename(method))[0]
+        row = {"model": f"{name}: {label} - shipped", "config": demo._rel(method),
+               "seeds": seeds, "n": len(seeds)}  # fmt: skip
+        for m in METRICS:
+            g = paired_gain(
+                [runs[""][s]["metrics"].get(m) for s in seeds],
+                [runs[label][s]["metrics"].get(m) for s in seeds],
+            )
+            row.update({f"diff_{m}": g["mean"], f"diff_{m}_ci_low": g["ci_low"],
+                        f"diff_{m}_ci_high": g["ci_high"]})  # fmt: skip
+        records = [runs[label][s].get("kd_calibration") for s in seeds]
+        losses = sorted({k for r in records for k in ((r or {}).get("scales") or {})})
+        row["start_ratio"] = {k: [_start_ratios(r).get(k) for r in records] for k in losses}
+        row["scales"] = {
+            k: [((r or {}).get("scales") or {}).get(k) for r in records] for k in losses
+        }
+        rows.append(row)
+    return rows
+
+
 def _metrics(p: Dict) -> Dict[str, float]:
     return {m: p["metrics"].get(m) for m in METRICS}
 
@@ -550,6 +613,39 @@ def format_rows(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def _range(values: List[Optional[float]], fmt: str) -> str:
+    """min-max of the non-None values formatted with ``fmt`` ("?" when there are none)."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return "?"
+    lo, hi = format(min(xs), fmt), format(max(xs), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _diff(row: Dict, m: str) -> str:
+    if row[f"diff_{m}"] is None:
+        return "nan"
+    lo, hi = row[f"diff_{m}_ci_low"], row[f"diff_{m}_ci_high"]
+    return f"{row[f'diff_{m}']:+.1f}" + ("" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]")
+
+
+def format_calibration(rows: List[Dict]) -> str:
+    """The console table of :func:`calibration_rows`: the paired AP/AP50 difference, and per loss
+    the range over seeds of the shipped weights' starting ratio to the detection loss and of the
+    frozen scale."""
+    head = f"{'calibrated - shipped, paired by seed':<52}{'n':>3}{'AP':>20}{'AP50':>20}  measured"
+    lines = [head, "-" * (len(head) + 30)]
+    for r in rows:
+        measured = [
+            f"{k} started at {_range(r['start_ratio'][k], '.3g')}x, "
+            f"scale {_range(r['scales'][k], '.2g')}"
+            for k in r["scales"]
+        ]
+        lines.append(f"{r['model'][:52]:<52}{r['n']:>3}{_diff(r, 'AP'):>20}{_diff(r, 'AP50'):>20}"
+                     f"  {'; '.join(measured) or 'no calibration record'}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _clean(v):
     if isinstance(v, float) and v != v:
         return None
@@ -560,7 +656,9 @@ def _clean(v):
     return v
 
 
-def write_outputs(args, plan: List[Dict], rows: List[Dict], meta: Dict) -> None:
+def write_outputs(
+    args, plan: List[Dict], rows: List[Dict], meta: Dict, calib_rows: List[Dict]
+) -> None:
     import csv
 
     runs = [
@@ -568,11 +666,13 @@ def write_outputs(args, plan: List[Dict], rows: List[Dict], meta: Dict) -> None:
          "seed": p["seed"],
          "cached": p["cached"], "seconds": p["seconds"], "iters": p["cfg"].SOLVER.MAX_ITER,
          "config": demo._rel(os.path.join(p["cfg"].OUTPUT_DIR, "config.yaml")),
-         "weights": demo._rel(p["weights"]), "versions": p.get("versions"), **_metrics(p)}
+         "weights": demo._rel(p["weights"]), "versions": p.get("versions"),
+         "kd_calibration": p.get("kd_calibration"), **_metrics(p)}
         for p in plan
     ]  # fmt: skip
     with open(os.path.join(args.output, "compare.json"), "w") as f:
-        json.dump(_clean({**meta, "summary": rows, "runs": runs}), f, indent=2)
+        summary = {"summary": rows, "calibrated_vs_shipped": calib_rows, "runs": runs}
+        json.dump(_clean({**meta, **summary}), f, indent=2)
     fields = ["model", "config", "n", "seeds", "cached", "seconds_mean"]
     for m in METRICS:
         fields += [f"{m}_mean", f"{m}_std", f"gain_{m}", f"gain_{m}_ci_low", f"gain_{m}_ci_high"]
@@ -580,7 +680,35 @@ def write_outputs(args, plan: List[Dict], rows: List[Dict], meta: Dict) -> None:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows([{**_clean(r), "seeds": " ".join(map(str, r["seeds"]))} for r in rows])
+    if calib_rows:
+        write_calibration_csv(calib_rows, os.path.join(args.output, "compare_calibrated.csv"))
     plot(rows, os.path.join(args.output, "compare.png"))
+
+
+def write_calibration_csv(calib_rows: List[Dict], path: str) -> None:
+    """One line per method: the paired differences, and per loss and seed the starting ratio and
+    scale (columns ``start_ratio/<loss>`` and ``scale/<loss>``, values joined by spaces in seed
+    order)."""
+    import csv
+
+    fields = ["model", "config", "n", "seeds"]
+    for m in METRICS:
+        fields += [f"diff_{m}", f"diff_{m}_ci_low", f"diff_{m}_ci_high"]
+    losses = sorted({k for r in calib_rows for k in r["scales"]})
+    fields += [f"{c}/{k}" for k in losses for c in ("start_ratio", "scale")]
+
+    def joined(values):
+        return " ".join("nan" if v is None else f"{v:.6g}" for v in values)
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for r in calib_rows:
+            line = {**_clean(r), "seeds": " ".join(map(str, r["seeds"]))}
+            for k in r["scales"]:
+                line[f"start_ratio/{k}"] = joined(r["start_ratio"][k])
+                line[f"scale/{k}"] = joined(r["scales"][k])
+            writer.writerow(line)
 
 
 def plot(rows: List[Dict], path: str) -> None:
@@ -678,7 +806,12 @@ def main(argv=None) -> List[Dict]:
         return []
     run_plan(args, plan)
     check_versions(plan)
+    for p in plan:
+        p["kd_calibration"] = (
+            stage_calibration(p["cfg"].OUTPUT_DIR) if p["role"] == "distilled" else None
+        )
     rows = summarize_plan(args, plan)
+    calib_rows = calibration_rows(args, plan)
     meta = {
         "methods": [demo._rel(m) for m in args.methods],
         "seeds": args.seeds,
@@ -688,8 +821,9 @@ def main(argv=None) -> List[Dict]:
         "total_seconds": time.perf_counter() - start,
         "datasets": {"train": data["train"], "val": data["val"], "root": args.data_root},
     }
-    write_outputs(args, plan, rows, meta)
-    print(f"\n{format_rows(rows)}\n\nTotal {meta['total_seconds']:.0f} s (estimated "
+    write_outputs(args, plan, rows, meta, calib_rows)
+    calib = f"\n\n{format_calibration(calib_rows)}" if calib_rows else ""
+    print(f"\n{format_rows(rows)}{calib}\n\nTotal {meta['total_seconds']:.0f} s (estimated "
           f"{estimated:.0f} s); written: {os.path.join(args.output, 'compare.{json,csv,png}')}",
           flush=True)  # fmt: skip
     return rows

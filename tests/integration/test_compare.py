@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be
 from detectron2.engine.hooks import CallbackHook  # noqa: E402
 
 from tools import compare, demo  # noqa: E402
+from tools.compare_stats import paired_gain  # noqa: E402
 
 
 def _argv(tmp_path, *extra):
@@ -352,3 +354,63 @@ def test_a_stage_worker_stops_when_compare_is_killed():
     if alive():
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("the worker outlived its killed parent by 10 s")
+
+
+def test_calibration_rows_pair_calibrated_with_shipped_and_report_the_measured_start(tmp_path):
+    args = compare.parse_args(_argv(tmp_path, "--calibrated", "--seeds", "5", "6", "7"))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    shipped = {5: 60.0, 6: 61.0, 7: 62.5}
+    calibrated = {5: 65.5, 6: 66.7, 7: 67.7}  # differences 5.5, 5.7, 5.2
+    for p in plan:
+        p["metrics"] = {m: 50.0 for m in compare.METRICS}
+        if p["role"] != "distilled":
+            continue
+        values = calibrated if p["variant"] == "calibrated" else shipped
+        p["metrics"]["AP"] = values[p["seed"]]
+        info = {"losses": ["PGDLoss"]}
+        if p["variant"] == "calibrated" and p["seed"] != 7:  # seed 7 recorded no calibration
+            det, kd = 2.0, 180.0 + p["seed"]
+            info["kd_calibration"] = {"mean_detection_loss": det, "mean_kd_loss": {"PGDLoss": kd},
+                                      "scales": {"PGDLoss": det / kd}}  # fmt: skip
+        os.makedirs(p["cfg"].OUTPUT_DIR, exist_ok=True)
+        with open(os.path.join(p["cfg"].OUTPUT_DIR, "run_info.json"), "w") as f:
+            json.dump(info, f)
+        p["kd_calibration"] = compare.stage_calibration(p["cfg"].OUTPUT_DIR)
+    assert [p["kd_calibration"] is None for p in plan if p["role"] == "distilled"] == [
+        True, False, True, False, True, True
+    ]  # fmt: skip
+    (row,) = compare.calibration_rows(args, plan)
+    assert row["seeds"] == [5, 6, 7] and row["n"] == 3
+    expected = paired_gain([60.0, 61.0, 62.5], [65.5, 66.7, 67.7])
+    assert row["diff_AP"] == pytest.approx(5.4666667)
+    assert (row["diff_AP_ci_low"], row["diff_AP_ci_high"]) == (
+        pytest.approx(expected["ci_low"]), pytest.approx(expected["ci_high"])
+    )  # fmt: skip
+    assert row["diff_AP50"] == 0.0
+    assert row["start_ratio"]["PGDLoss"] == [pytest.approx(92.5), pytest.approx(93.0), None]
+    assert row["scales"]["PGDLoss"][:2] == [pytest.approx(2 / 185), pytest.approx(2 / 186)]
+    text = compare.format_calibration([row])
+    assert "+5.5 [" in text and "PGDLoss started at 92.5-93x, scale 0.011" in text
+    compare.write_calibration_csv([row], str(tmp_path / "c.csv"))
+    (line,) = list(csv.DictReader(open(tmp_path / "c.csv")))
+    assert line["seeds"] == "5 6 7" and line["start_ratio/PGDLoss"] == "92.5 93 nan"
+    args.calibrated = False
+    assert compare.calibration_rows(args, plan) == []
+
+
+def test_calibrated_comparison_writes_the_measured_scales(tmp_path):
+    argv = _argv(tmp_path, "--seeds", "5", "--calibrated", "--student-iters", "2",
+                 "--kd-opts", "MODEL.KD.CALIBRATE.ITERS", "1")  # fmt: skip
+    compare.main(argv)
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    by_variant = {r["variant"]: r for r in saved["runs"] if r["role"] == "distilled"}
+    assert by_variant[""]["kd_calibration"] is None
+    record = by_variant["calibrated"]["kd_calibration"]
+    (row,) = saved["calibrated_vs_shipped"]
+    (loss,) = record["scales"]
+    assert row["scales"] == {loss: [record["scales"][loss]]} and record["scales"][loss] > 0
+    ratio = record["mean_kd_loss"][loss] / record["mean_detection_loss"]
+    assert row["start_ratio"][loss] == [pytest.approx(ratio)]
+    assert row["seeds"] == [5] and row["n"] == 1  # (AP is NaN after 2 iterations)
+    assert (tmp_path / "out" / "compare_calibrated.csv").exists()
