@@ -383,7 +383,7 @@ def _run_parallel(args, plan: List[Dict]) -> None:
     stages end, naming the stage and its log; a failed teacher leaves its distilled students
     unstarted."""
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     index = {id(p): i for i, p in enumerate(plan)}
     first, after_teachers = stage_waves(plan)
@@ -394,6 +394,13 @@ def _run_parallel(args, plan: List[Dict]) -> None:
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx, max_tasks_per_child=1)
 
     def submit(p):
+        # A cached stage is read here: a worker process would cost its start-up (importing torch
+        # and Detectron2, 10-50 s) to read two files. Trained ones go to a fresh worker.
+        out = demo.reuse_cached_stage(p["cfg"], p["role"]) if p["cached"] else None
+        if out is not None:
+            done = Future()
+            done.set_result(out)
+            return done
         log = os.path.join(p["cfg"].OUTPUT_DIR, "log.txt")
         logger.info(
             f"Stage {index[id(p)] + 1}/{len(plan)}: {p['role']} of {demo._rel(p['method'])}, "

@@ -57,7 +57,7 @@ from d2kd.data.shapes import SPLITS, ensure_shapes_dataset  # noqa: E402
 from d2kd.engine import write_run_info  # noqa: E402
 from d2kd.engine.startup import check_num_classes, check_training_data  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
-from d2kd.utils.files import exclusive_lock  # noqa: E402
+from d2kd.utils.files import exclusive_lock, try_exclusive_lock  # noqa: E402
 
 import train_net  # noqa: E402
 from tools.results_table import format_ap  # noqa: E402
@@ -374,9 +374,7 @@ def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
         {"metrics": COCO bbox metrics, "seconds": training + evaluation when it was trained,
         "weights": checkpoint path, "cached": whether it was reused}
     """
-    stage, label = {"teacher": ("2/5", role), "distilled": ("4/5", "distilled student")}.get(
-        role, ("3/5", f"plain {role}")
-    )
+    stage, label = _stage_labels(role)
     # One process per stage folder at a time (two comparisons or demos sharing a cache): the
     # second waits for the first and then reuses its run. _move_aside leaves the lock in place.
     lock = os.path.join(cfg.OUTPUT_DIR, STAGE_LOCK)
@@ -388,17 +386,44 @@ def run_cached_stage(cfg, retrain: bool, role: str = "teacher") -> Dict:
         return _run_stage_locked(cfg, retrain, role, stage, label)
 
 
+def _stage_labels(role: str) -> Tuple[str, str]:
+    """(the demo's stage number, the words for the model) of a stage role."""
+    return {"teacher": ("2/5", role), "distilled": ("4/5", "distilled student")}.get(
+        role, ("3/5", f"plain {role}")
+    )
+
+
+def reuse_cached_stage(cfg, role: str) -> Optional[Dict]:
+    """
+    :func:`run_cached_stage`'s reuse without its training: the cached result, or None when the
+    folder holds no reusable run (a stale one is moved aside, as there) or another process holds
+    its lock (it may be training it). tools/compare.py reads cached stages this way in its own
+    process and trains the others in fresh worker processes.
+    """
+    stage, label = _stage_labels(role)
+    with try_exclusive_lock(os.path.join(cfg.OUTPUT_DIR, STAGE_LOCK)) as locked:
+        return _reuse_locked(cfg, role, stage, label) if locked else None
+
+
+def _reuse_locked(cfg, role: str, stage: str, label: str) -> Optional[Dict]:
+    """The cached result in ``cfg.OUTPUT_DIR`` when it may be reused, else None (under the lock)."""
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
+    found = os.path.isfile(weights) and os.path.isfile(metrics_file)
+    if not (found and check_cached_config(cfg, role)):
+        return None
+    logger.info(f"Stage {stage}: reusing the cached {label} {weights} (--retrain to train again)")
+    with open(metrics_file) as f:
+        return {**json.load(f), "weights": weights, "cached": True}
+
+
 def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> Dict:
     """run_cached_stage's body, under the stage folder's lock."""
     weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     metrics_file = os.path.join(cfg.OUTPUT_DIR, f"{role}_metrics.json")
-    found = os.path.isfile(weights) and os.path.isfile(metrics_file)
-    if not retrain and found and check_cached_config(cfg, role):
-        logger.info(
-            f"Stage {stage}: reusing the cached {label} {weights} (--retrain to train again)"
-        )
-        with open(metrics_file) as f:
-            return {**json.load(f), "weights": weights, "cached": True}
+    reused = None if retrain else _reuse_locked(cfg, role, stage, label)
+    if reused is not None:
+        return reused
     logger.info(
         f"Stage {stage}: training the {label} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
     )

@@ -5,7 +5,7 @@ import hashlib
 import os
 from typing import Callable, Iterator, Optional
 
-__all__ = ["exclusive_lock", "file_sha256"]
+__all__ = ["exclusive_lock", "file_sha256", "try_exclusive_lock"]
 
 
 def file_sha256(path: str) -> str:
@@ -42,5 +42,29 @@ def exclusive_lock(path: str, on_wait: Optional[Callable[[], None]] = None) -> I
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_exclusive_lock(path: str) -> Iterator[bool]:
+    """
+    As :func:`exclusive_lock`, without waiting: yields True while holding the lock, or False
+    (holding nothing) when another holder has it. Where ``fcntl`` does not exist, yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield True
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -202,6 +202,41 @@ def test_parallel_jobs_give_the_sequential_results_and_a_log_per_stage(tmp_path)
     assert sorted(k.split("|")[0] for k in timings) == ["distilled", "student", "teacher"]
 
 
+def test_parallel_mode_reads_cached_stages_without_a_worker(tmp_path, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from d2kd.utils.files import try_exclusive_lock
+
+    argv = _argv(tmp_path, "--seeds", "5", "--jobs", "2")
+    first = compare.main(argv)
+    submitted = []
+    real_submit = ProcessPoolExecutor.submit
+
+    def counting_submit(self, fn, *args, **kwargs):
+        submitted.append(args[2])  # _stage_worker(args, cfg, role, ...): the role
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", counting_submit)
+    again = compare.main(argv)
+    assert submitted == []
+    keys = ["model", "n", "seeds", "seconds_mean"]  # (AP is NaN after one iteration)
+    assert [{k: r[k] for k in keys} for r in again] == [{k: r[k] for k in keys} for r in first]
+    assert [r["cached"] for r in first] == [0, 0] and [r["cached"] for r in again] == [1, 1]
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert all(r["cached"] for r in saved["runs"]) and len(saved["runs"]) == 3
+    # A stage whose lock another holder has is not read here (that holder may be training it).
+    args = compare.parse_args(argv)
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    kd = next(p for p in compare.build_plan(args, data) if p["role"] == "distilled")
+    assert demo.reuse_cached_stage(kd["cfg"], "distilled")["cached"] is True
+    with try_exclusive_lock(os.path.join(kd["cfg"].OUTPUT_DIR, demo.STAGE_LOCK)) as held:
+        assert held and demo.reuse_cached_stage(kd["cfg"], "distilled") is None
+    os.remove(os.path.join(kd["cfg"].OUTPUT_DIR, "distilled_metrics.json"))
+    assert demo.reuse_cached_stage(kd["cfg"], "distilled") is None
+    compare.main(argv)  # the distilled stage, no longer cached, trains in a worker
+    assert submitted == ["distilled"]
+
+
 def _done_future(result=None, error=None):
     from concurrent.futures import Future
 
