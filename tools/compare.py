@@ -372,7 +372,8 @@ def drive_waves(first, after_teachers, submit, wait_first, on_done) -> None:
             return
         done, pending = wait_first(pending)
         teachers -= done
-        for fut in done:
+        order = list(futures)  # submission order: stages finished together are logged in it
+        for fut in sorted(done, key=order.index):
             if not on_done(fut, futures[fut]) and futures[fut]["role"] == "teacher":
                 teacher_failed = True
 

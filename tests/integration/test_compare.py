@@ -250,12 +250,23 @@ def test_waves_submit_the_distilled_stages_when_teacher_and_plain_finish_togethe
     before the distilled stage was submitted (its result missing: KeyError 'metrics')."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    def run(teacher_error=None):
-        submitted, recorded = [], []
+    class LastFirst(set):
+        """A done set that iterates in reverse submission order."""
+
+        def __init__(self, futures):
+            super().__init__(futures)
+            self.order = futures
+
+        def __iter__(self):
+            return iter(self.order[::-1])
+
+    def run(teacher_error=None, wait_first=lambda fs, _: wait(fs, return_when=FIRST_COMPLETED)):
+        submitted, recorded, futures = [], [], []
 
         def submit(p):
             submitted.append(p["name"])
-            return _done_future(error=teacher_error if p["role"] == "teacher" else None)
+            futures.append(_done_future(error=teacher_error if p["role"] == "teacher" else None))
+            return futures[-1]
 
         def on_done(fut, p):
             recorded.append(p["name"])
@@ -263,14 +274,16 @@ def test_waves_submit_the_distilled_stages_when_teacher_and_plain_finish_togethe
 
         first = [{"role": "teacher", "name": "T"}, {"role": "student", "name": "P"}]
         after = [{"role": "distilled", "name": "D"}]
-        compare.drive_waves(first, after, submit, lambda fs: wait(fs, return_when=FIRST_COMPLETED),
-                            on_done)  # fmt: skip
-        return submitted, sorted(recorded)  # the order within one wait's done set is arbitrary
+        compare.drive_waves(first, after, submit, lambda fs: wait_first(fs, futures), on_done)
+        return submitted, recorded
 
-    # Every future is done when submitted, so one wait returns the teacher and the plain student.
-    assert run() == (["T", "P", "D"], ["D", "P", "T"])
+    # Every future is done when submitted, so one wait returns the teacher and the plain student
+    # (recorded in submission order, whatever the order of the done set).
+    assert run() == (["T", "P", "D"], ["T", "P", "D"])
     # A failed teacher: its distilled students are never submitted; the plain student still ends.
-    assert run(RuntimeError("teacher")) == (["T", "P"], ["P", "T"])
+    assert run(RuntimeError("teacher")) == (["T", "P"], ["T", "P"])
+    last_first = lambda fs, futures: (LastFirst([f for f in futures if f in fs]), set())  # noqa
+    assert run(wait_first=last_first) == (["T", "P", "D"], ["T", "P", "D"])
 
 
 def test_stages_of_another_environment_are_named_in_a_warning(tmp_path):
