@@ -141,6 +141,12 @@ def build_plan(args, data: Dict) -> List[Dict]:
             weights = os.path.join(teachers[method].OUTPUT_DIR, "model_final.pth")
             plain, kd = seed_cfgs(args, data, method, weights, seed)
             add("student", method, seed, plain)
+            if args.calibrated and kd.MODEL.KD.CALIBRATE.ENABLED:
+                raise ValueError(
+                    f"{demo._rel(method)}: MODEL.KD.CALIBRATE.ENABLED is already True (in the "
+                    "config or --kd-opts), so --calibrated would train the same stage as its "
+                    "'shipped' run: drop --calibrated, or the override"
+                )
             for label, opts in variants(args):
                 cfg = kd.clone()
                 cfg.merge_from_list(opts)
@@ -578,7 +584,9 @@ def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
         plain_row["plain_dirs"] = sorted(p["cfg"].OUTPUT_DIR for p in plain.values())
         if plain_row["plain_dirs"] not in [r.get("plain_dirs") for r in rows]:
             rows.append(plain_row)
-        kd_name = f"{name} ({label})" if label else name
+        # Calibration turned on by the config or --kd-opts (not --calibrated) is named too.
+        on = label or any(p["cfg"].MODEL.KD.CALIBRATE.ENABLED for p in kd.values())
+        kd_name = f"{name} ({label or CALIBRATED[0]})" if on else name
         rows.append({**_row(kd_name, kd, stats, "distilled", "gain"), "config": demo._rel(method)})
     return rows
 

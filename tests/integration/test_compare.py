@@ -169,6 +169,21 @@ def test_calibrated_adds_a_calibrated_distilled_run_per_seed_on_shapes_wide(tmp_
     assert kd[0]["plain_dir"] == kd[1]["plain_dir"] != kd[2]["plain_dir"]  # one plain per seed
 
 
+def test_calibration_from_kd_opts_is_named_and_not_doubled_by_calibrated(tmp_path):
+    on = ["--kd-opts", "MODEL.KD.CALIBRATE.ENABLED", "True"]
+    args = compare.parse_args(_argv(tmp_path, *on))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    for p in plan:
+        p.update({"metrics": {m: 50.0 for m in compare.METRICS}, "seconds": 1.0, "cached": True})
+    names = [r["model"] for r in compare.summarize_plan(args, plan)]
+    assert names == ["plain student (mse_retinanet_R18long_to_R18)",
+                     "mse_retinanet_R18long_to_R18 (calibrated)"]  # fmt: skip
+    args = compare.parse_args(_argv(tmp_path, *on, "--calibrated"))
+    with pytest.raises(ValueError, match=r"mse_retinanet_R18long_to_R18.yaml: MODEL.KD.CALIBRATE"):
+        compare.build_plan(args, data)
+
+
 def _final_weights(run_dir):
     from d2kd.utils.safe_load import safe_torch_load
 
