@@ -457,15 +457,24 @@ NUMERIC_VERSIONS = (
 )  # fmt: skip
 
 
+def _run_info(out_dir: str) -> Optional[Dict]:
+    """The stage's ``run_info.json`` as a dict, or None when it has no readable one."""
+    try:
+        with open(os.path.join(out_dir, "run_info.json")) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
 def stage_versions(out_dir: str) -> Optional[Dict[str, str]]:
     """The :data:`NUMERIC_VERSIONS` that the stage in ``out_dir`` recorded (its
     ``run_info.json``; a stage trained before d2kd recorded a key lacks it), or None when it has
     no readable one."""
-    try:
-        with open(os.path.join(out_dir, "run_info.json")) as f:
-            versions = json.load(f).get("versions", {})
-    except (OSError, ValueError, AttributeError):
+    info = _run_info(out_dir)
+    if info is None:
         return None
+    versions = info.get("versions") or {}
     return {k: str(versions[k]) for k in NUMERIC_VERSIONS if k in versions}
 
 
@@ -498,11 +507,7 @@ def check_versions(plan: List[Dict]) -> None:
 def stage_calibration(out_dir: str) -> Optional[Dict]:
     """The ``kd_calibration`` record (measured means and frozen scales) that the distilled stage in
     ``out_dir`` wrote to its ``run_info.json``, or None (calibration off, or no readable file)."""
-    try:
-        with open(os.path.join(out_dir, "run_info.json")) as f:
-            record = json.load(f).get("kd_calibration")
-    except (OSError, ValueError, AttributeError):
-        return None
+    record = (_run_info(out_dir) or {}).get("kd_calibration")
     return record if isinstance(record, dict) else None
 
 
@@ -616,11 +621,7 @@ def format_rows(rows: List[Dict]) -> str:
     head = f"{'config':<52}{'n':>3}{'AP':>14}{'AP50':>14}{'gain AP [95% CI]':>28}{'s/run':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        gain = ""
-        if r.get("gain_AP") is not None:
-            lo, hi = r["gain_AP_ci_low"], r["gain_AP_ci_high"]
-            ci = "" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]"
-            gain = f"{r['gain_AP']:+.1f}{ci}"
+        gain = "" if r.get("gain_AP") is None else _with_ci(r, "gain_AP")
         secs = "" if r["seconds_mean"] is None else f"{r['seconds_mean']:.0f}"
         lines.append(
             f"{r['model'][:52]:<52}{r['n']:>3}{_pm(r['AP_mean'], r['AP_std']):>14}"
@@ -638,11 +639,13 @@ def _range(values: List[Optional[float]], fmt: str) -> str:
     return lo if lo == hi else f"{lo}-{hi}"
 
 
-def _diff(row: Dict, m: str) -> str:
-    if row[f"diff_{m}"] is None:
+def _with_ci(row: Dict, key: str) -> str:
+    """``row[key]`` signed, with its interval ``row[key + "_ci_low/_ci_high"]`` where there is
+    one ("nan" when the value is None)."""
+    if row[key] is None:
         return "nan"
-    lo, hi = row[f"diff_{m}_ci_low"], row[f"diff_{m}_ci_high"]
-    return f"{row[f'diff_{m}']:+.1f}" + ("" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]")
+    lo, hi = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
+    return f"{row[key]:+.1f}" + ("" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]")
 
 
 def format_calibration(rows: List[Dict]) -> str:
@@ -657,7 +660,8 @@ def format_calibration(rows: List[Dict]) -> str:
             f"scale {_range(r['scales'][k], '.2g')}"
             for k in r["scales"]
         ]
-        lines.append(f"{r['model'][:52]:<52}{r['n']:>3}{_diff(r, 'AP'):>20}{_diff(r, 'AP50'):>20}"
+        diffs = f"{_with_ci(r, 'diff_AP'):>20}{_with_ci(r, 'diff_AP50'):>20}"
+        lines.append(f"{r['model'][:52]:<52}{r['n']:>3}{diffs}"
                      f"  {'; '.join(measured) or 'no calibration record'}")  # fmt: skip
     return "\n".join(lines)
 
