@@ -29,7 +29,8 @@ teachers and plain students first, the distilled students once the teachers have
 ``--budget MINUTES`` estimates up front how long the runs that are not cached will take on this
 machine (per-iteration times measured by earlier runs of the same stage, thread count and device,
 kept in ``<cache-dir>/timings.json``; a stage never timed is measured by a short probe run first)
-and refuses to start when the estimate exceeds the budget.
+and refuses to start when the estimate exceeds the budget. A timing measured on a loaded machine
+is named in a warning, and a shorter run does not replace a longer run's timing.
 """
 
 import argparse
@@ -182,12 +183,43 @@ def load_timings(args) -> Dict[str, Dict]:
         return json.load(f)
 
 
-def save_timing(args, key: str, sec_per_iter: float, eval_seconds: Optional[float], source: str):
+def load_per_core() -> Optional[float]:
+    """The 1-minute load average over the CPU cores (None where the system has none)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
+
+
+def save_timing(
+    args,
+    key: str,
+    sec_per_iter: float,
+    eval_seconds: Optional[float],
+    source: str,
+    iters: Optional[int] = None,
+    load: Optional[float] = None,
+) -> bool:
+    """
+    Store a stage's measured time under ``key`` in timings.json, with the iterations it was
+    measured over and the load per core when it ended. A measurement over fewer iterations than
+    the stored one does not replace it (a 10-iteration run, whose time start-up and a passing
+    load dominate, would otherwise overwrite a full run's); returns whether it was stored.
+    """
     timings = load_timings(args)
-    timings[key] = {"sec_per_iter": sec_per_iter, "eval_seconds": eval_seconds, "source": source}
+    old = timings.get(key)
+    if old is not None and iters is not None and (old.get("iters") or 0) > iters:
+        logger.info(
+            f"Timing of {key} kept from {old['source']} ({old['iters']} iterations), not "
+            f"replaced by {source} ({iters} iterations)"
+        )
+        return False
+    timings[key] = {"sec_per_iter": sec_per_iter, "eval_seconds": eval_seconds, "source": source,
+                    "iters": iters, "load_per_core": load}  # fmt: skip
     os.makedirs(args.cache_dir, exist_ok=True)
     with open(_timings_path(args), "w") as f:
         json.dump(timings, f, indent=2)
+    return True
 
 
 def measured_sec_per_iter(out_dir: str) -> Optional[float]:
@@ -208,7 +240,8 @@ def record_timing(args, cfg, role: str, seconds: float) -> None:
     building) into timings.json."""
     spi = measured_sec_per_iter(cfg.OUTPUT_DIR) or seconds / cfg.SOLVER.MAX_ITER
     rest = max(0.0, seconds - spi * cfg.SOLVER.MAX_ITER)
-    save_timing(args, timing_key(cfg, role), spi, rest, f"run {cfg.OUTPUT_DIR}")
+    iters, load = cfg.SOLVER.MAX_ITER, load_per_core()
+    save_timing(args, timing_key(cfg, role), spi, rest, f"run {cfg.OUTPUT_DIR}", iters, load)
 
 
 def probe(args, cfg, role: str) -> None:
@@ -229,7 +262,8 @@ def probe(args, cfg, role: str) -> None:
         spi = measured_sec_per_iter(tmp)
     spi = spi or (time.perf_counter() - start) / args.probe_iters
     logger.info(f"Probe of the {role} ({args.probe_iters} iterations): {spi:.2f} s/iteration")
-    save_timing(args, timing_key(cfg, role), spi, None, f"probe of {args.probe_iters} iterations")
+    source = f"probe of {args.probe_iters} iterations"
+    save_timing(args, timing_key(cfg, role), spi, None, source, args.probe_iters, load_per_core())
 
 
 def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str]]:
@@ -242,7 +276,7 @@ def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str
     Returns:
         (seconds, notes): notes name the stages with no measurement (counted as 0).
     """
-    timings, notes, total = load_timings(args), [], 0.0
+    timings, notes, total, warned = load_timings(args), [], 0.0, set()
     for p in plan:
         if p["cached"]:
             continue
@@ -255,9 +289,28 @@ def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str
             continue
         evals = [t["eval_seconds"] for t in timings.values() if t["eval_seconds"] is not None]
         t = timings[key]
+        if key not in warned:
+            warned.add(key)
+            _warn_loaded_timing(key, t)
         rest = t["eval_seconds"] if t["eval_seconds"] is not None else max(evals, default=0.0)
         total += t["sec_per_iter"] * p["cfg"].SOLVER.MAX_ITER + rest
     return total / parallel_speedup(args), notes
+
+
+# A timing measured while the runnable threads outnumbered the cores by more than this is flagged.
+LOADED = 1.25
+
+
+def _warn_loaded_timing(key: str, timing: Dict) -> None:
+    """Warn when the timing used for ``key`` was measured on a loaded machine: its stage then ran
+    slower than it will alone (a 10-iteration run beside two trainings measured 10x a full run)."""
+    load = timing.get("load_per_core")
+    if load is not None and load > LOADED:
+        logger.warning(
+            f"The time of {key} ({timing['sec_per_iter']:.2f} s/iteration) was measured by "
+            f"{timing['source']} at a load of {load:.1f} per core, so the estimate may be high; "
+            "a longer run of that stage replaces it (or delete its entry in timings.json)"
+        )
 
 
 def parallel_speedup(args) -> float:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -126,6 +127,33 @@ def test_budget_counts_parallel_jobs_up_to_the_cores(tmp_path, monkeypatch):
         assert compare.check_budget(args, compare.build_plan(args, data)) == minutes * 60
     with pytest.raises(SystemExit):
         compare.parse_args(_argv(tmp_path, "--jobs", "0"))
+
+
+def test_a_short_run_does_not_replace_a_full_runs_timing_and_a_loaded_one_is_flagged(tmp_path):
+    args = compare.parse_args(_argv(tmp_path, "--seeds", "5", "--cache-dir", str(tmp_path / "c")))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    key = compare.timing_key(plan[0]["cfg"], "teacher")
+    assert compare.save_timing(args, key, 0.5, 20.0, "run full", iters=2000, load=1.0)
+    # 10 iterations beside two trainings: slower, and not stored over the 2000-iteration timing.
+    assert not compare.save_timing(args, key, 7.6, 120.0, "run short", iters=10, load=2.5)
+    assert compare.load_timings(args)[key]["sec_per_iter"] == 0.5
+    assert compare.save_timing(args, key, 0.6, 20.0, "run again", iters=2000, load=3.0)
+    assert compare.load_timings(args)[key]["source"] == "run again"
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("d2kd.compare")
+    log.addHandler(handler)
+    try:
+        compare.estimate(args, plan[:1], allow_probe=False)
+        compare.save_timing(args, key, 0.6, 20.0, "run calm", iters=2000, load=1.0)
+        compare.estimate(args, plan[:1], allow_probe=False)
+    finally:
+        log.removeHandler(handler)
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "run again at a load of 3.0 per core" in warned[0], warned
 
 
 def test_dry_run_probes_each_kind_of_stage_for_real(tmp_path):
