@@ -274,9 +274,10 @@ def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str
     iteration time). Probes stages never timed when ``allow_probe``.
 
     Returns:
-        (seconds, notes): notes name the stages with no measurement (counted as 0).
+        (seconds, untimed): per timing key with no measurement, the stage it names and how many
+        stages share it (the seeds of one config share one key); those stages count as 0.
     """
-    timings, notes, total, warned = load_timings(args), [], 0.0, set()
+    timings, missing, total, warned = load_timings(args), {}, 0.0, set()
     for p in plan:
         if p["cached"]:
             continue
@@ -285,7 +286,8 @@ def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str
             probe(args, p["cfg"], p["role"])
             timings = load_timings(args)
         if key not in timings:
-            notes.append(f"no measured time for the {p['role']} of {p['method']} ({key})")
+            what = f"the {p['role']} of {p['method']}"
+            missing.setdefault(key, [what, 0])[1] += 1
             continue
         evals = [t["eval_seconds"] for t in timings.values() if t["eval_seconds"] is not None]
         t = timings[key]
@@ -294,7 +296,7 @@ def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str
             _warn_loaded_timing(key, t)
         rest = t["eval_seconds"] if t["eval_seconds"] is not None else max(evals, default=0.0)
         total += t["sec_per_iter"] * p["cfg"].SOLVER.MAX_ITER + rest
-    return total / parallel_speedup(args), notes
+    return total / parallel_speedup(args), {k: tuple(v) for k, v in missing.items()}
 
 
 # A timing measured while the runnable threads outnumbered the cores by more than this is flagged.
@@ -330,13 +332,14 @@ def check_budget(args, plan: List[Dict]) -> float:
         f"Plan: {len(plan)} stages, {len(plan) - len(todo)} cached (cost 0), {len(todo)} to "
         f"train, at {torch.get_num_threads()} thread(s) on {plan[0]['cfg'].MODEL.DEVICE}"
     )
-    seconds, notes = estimate(args, plan, allow_probe=args.budget is not None or args.dry_run)
-    for n in notes:
-        logger.warning(f"Estimate incomplete: {n}")
-    if notes:
+    seconds, untimed = estimate(args, plan, allow_probe=args.budget is not None or args.dry_run)
+    for key, (what, n) in untimed.items():
+        logger.warning(f"Estimate incomplete: no measured time for {what} ({key}; {n} stage(s))")
+    if untimed:
+        n = sum(count for _, count in untimed.values())
         logger.info(
-            f"Estimated time of the stages to train: at least {seconds / 60:.1f} min ({len(notes)} "
-            "never timed: --budget or --dry-run measures them first)"
+            f"Estimated time of the stages to train: at least {seconds / 60:.1f} min ({n} "
+            "stage(s) never timed: --budget or --dry-run measures them first)"
         )
     else:
         logger.info(f"Estimated time of the stages to train: {seconds / 60:.1f} min")

@@ -156,6 +156,34 @@ def test_a_short_run_does_not_replace_a_full_runs_timing_and_a_loaded_one_is_fla
     assert len(warned) == 1 and "run again at a load of 3.0 per core" in warned[0], warned
 
 
+def test_an_untimed_config_is_named_once_with_the_count_of_its_stages(tmp_path):
+    # Seeds 5 and 6 share the student's and the distilled student's timing keys: one warning per
+    # key (three before: one per stage), and the count of untimed stages in the estimate line.
+    args = compare.parse_args(_argv(tmp_path, "--cache-dir", str(tmp_path / "c")))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    seconds, untimed = compare.estimate(args, plan, allow_probe=False)
+    assert seconds == 0.0
+    assert sorted(n for _, n in untimed.values()) == [1, 2, 2], untimed
+    assert {what.split()[1] for what, _ in untimed.values()} == {"teacher", "student", "distilled"}
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("d2kd.compare")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        compare.check_budget(args, plan)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warned) == 3 and sum("; 2 stage(s))" in w for w in warned) == 2, warned
+    assert any("(5 stage(s) never timed" in r.getMessage() for r in records)
+
+
 def test_dry_run_probes_each_kind_of_stage_for_real(tmp_path):
     # The probes train (no evaluation) and record a measured time per iteration for each stage,
     # in a --cache-dir that no run has made yet (the probe used to fail creating its folder there).
