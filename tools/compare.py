@@ -686,12 +686,18 @@ def format_rows(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def _range(values: List[Optional[float]], fmt: str) -> str:
-    """min-max of the non-None values formatted with ``fmt`` ("?" when there are none)."""
+def _significant(value: float, digits: int) -> str:
+    """``value`` to ``digits`` significant digits, trailing zeros kept so both ends of a range
+    read alike (3.90-4.21, not 3.9-4.21), with no bare trailing point (139, not 139.)."""
+    return format(value, f"#.{digits}g").rstrip(".")
+
+
+def _range(values: List[Optional[float]], digits: int) -> str:
+    """min-max of the non-None values to ``digits`` significant digits ("?" when none)."""
     xs = [v for v in values if v is not None]
     if not xs:
         return "?"
-    lo, hi = format(min(xs), fmt), format(max(xs), fmt)
+    lo, hi = _significant(min(xs), digits), _significant(max(xs), digits)
     return lo if lo == hi else f"{lo}-{hi}"
 
 
@@ -712,8 +718,8 @@ def format_calibration(rows: List[Dict]) -> str:
     lines = [head, "-" * (len(head) + 30)]
     for r in rows:
         measured = [
-            f"{k} started at {_range(r['start_ratio'][k], '.3g')}x, "
-            f"scale {_range(r['scales'][k], '.2g')}"
+            f"{k} started at {_range(r['start_ratio'][k], 3)}x, "
+            f"scale {_range(r['scales'][k], 2)}"
             for k in r["scales"]
         ]
         diffs = f"{_with_ci(r, 'diff_AP'):>20}{_with_ci(r, 'diff_AP50'):>20}"

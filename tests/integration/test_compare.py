@@ -510,7 +510,11 @@ def test_calibration_rows_pair_calibrated_with_shipped_and_report_the_measured_s
     assert row["start_ratio"]["PGDLoss"] == [pytest.approx(92.5), pytest.approx(93.0), None]
     assert row["scales"]["PGDLoss"][:2] == [pytest.approx(2 / 185), pytest.approx(2 / 186)]
     text = compare.format_calibration([row])
-    assert "+5.5 [" in text and "PGDLoss started at 92.5-93x, scale 0.011" in text
+    assert "+5.5 [" in text and "PGDLoss started at 92.5-93.0x, scale 0.011" in text
+    # Both ends of a range to the same significant digits; a whole number has no bare point.
+    assert compare._range([4.2063, None, 3.89656], 3) == "3.90-4.21"
+    assert compare._range([139.2, 206.4], 3) == "139-206"
+    assert compare._range([0.0101, 0.0069], 2) == "0.0069-0.010"
     compare.write_calibration_csv([row], str(tmp_path / "c.csv"))
     (line,) = list(csv.DictReader(open(tmp_path / "c.csv")))
     assert line["seeds"] == "5 6 7" and line["start_ratio/PGDLoss"] == "92.5 93 nan"
