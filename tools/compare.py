@@ -266,7 +266,7 @@ def probe(args, cfg, role: str) -> None:
     save_timing(args, timing_key(cfg, role), spi, None, source, args.probe_iters, load_per_core())
 
 
-def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, List[str]]:
+def estimate(args, plan: List[Dict], allow_probe: bool) -> Tuple[float, Dict[str, Tuple[str, int]]]:
     """
     Seconds the stages of ``plan`` that are not cached will take (cached ones cost 0): their
     iterations times the measured seconds per iteration, plus the evaluation time measured for
