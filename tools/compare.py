@@ -80,7 +80,7 @@ def method_args(args, method: str) -> argparse.Namespace:
     teacher = args.teacher
     if teacher == "method":
         teacher = demo.train_net.load_cfg(method).MODEL.KD.TEACHER.CONFIG_FILE
-    ns.teacher = demo.resolve_config_path(teacher)
+    ns.teacher = demo.resolve_config_path(teacher, f"MODEL.KD.TEACHER.CONFIG_FILE of {method}")
     return ns
 
 
@@ -864,9 +864,12 @@ def parse_args(argv=None):
         p.error(f"--jobs must be at least 1, not {args.jobs}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has repeated values: {args.seeds}")
-    args.methods = [demo.resolve_config_path(m) for m in args.methods]
-    if args.teacher != "method":
-        args.teacher = demo.resolve_config_path(args.teacher)
+    try:  # a missing file is a usage error naming the flag, not a traceback
+        args.methods = [demo.resolve_config_path(m, "--methods") for m in args.methods]
+        if args.teacher != "method":
+            args.teacher = demo.resolve_config_path(args.teacher, "--teacher")
+    except FileNotFoundError as e:
+        p.error(str(e))
     args.cache_dir = args.cache_dir or args.output
     args.data_root = demo.default_data_root(
         args.data_root, args.train_images, args.val_images, args.dataset

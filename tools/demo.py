@@ -572,10 +572,15 @@ def parse_args(argv=None):
         "(default: once, with the config's)",
     )
     args = p.parse_args(argv)
-    args.method = resolve_config_path(args.method)
-    if args.teacher == "method":
-        args.teacher = train_net.load_cfg(args.method).MODEL.KD.TEACHER.CONFIG_FILE
-    args.teacher = resolve_config_path(args.teacher)
+    try:  # a missing file is a usage error naming the flag, not a traceback
+        args.method = resolve_config_path(args.method, "--method")
+        setting = "--teacher"
+        if args.teacher == "method":
+            args.teacher = train_net.load_cfg(args.method).MODEL.KD.TEACHER.CONFIG_FILE
+            setting = f"MODEL.KD.TEACHER.CONFIG_FILE of {args.method}"
+        args.teacher = resolve_config_path(args.teacher, setting)
+    except FileNotFoundError as e:
+        p.error(str(e))
     args.cache_dir = args.cache_dir or args.output
     args.data_root = default_data_root(args.data_root, args.train_images, args.val_images, "shapes")
     return args

@@ -17,6 +17,22 @@ from tools import compare, demo  # noqa: E402
 from tools.compare_stats import paired_gain  # noqa: E402
 
 
+def test_a_missing_config_is_a_usage_error_naming_its_flag(tmp_path, capsys):
+    missing = str(tmp_path / "no_such_method.yaml")
+    for tool, argv, flag in (
+        (compare, _argv(tmp_path, "--methods", missing), "--methods"),
+        (compare, _argv(tmp_path, "--teacher", missing), "--teacher"),
+        (demo, ["--method", missing, "--output", str(tmp_path / "o")], "--method"),
+        (demo, ["--teacher", missing, "--output", str(tmp_path / "o")], "--teacher"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            tool.parse_args(argv)
+        assert exit_info.value.code == 2  # argparse's usage error, not a traceback
+        err = capsys.readouterr().err
+        assert f"{flag}: no such file: {missing}" in err, err
+        assert "MODEL.KD.TEACHER.CONFIG_FILE" not in err, err
+
+
 def _argv(tmp_path, *extra):
     return [
         "--output", str(tmp_path / "out"),
