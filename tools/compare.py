@@ -837,8 +837,9 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=None, help="stage cache (default: --output)")
     p.add_argument("--teacher-iters", type=int, help="default: the teacher config's MAX_ITER")
     p.add_argument("--student-iters", type=int, help="default: the method config's MAX_ITER")
-    p.add_argument("--dataset", default="shapes", help="synthetic dataset variant: shapes | "
-                   "shapes_wide (non-square, varied sizes, small objects)")  # fmt: skip
+    p.add_argument("--dataset", default="shapes", choices=sorted(demo.DATASET_OPTS),
+                   help="synthetic dataset variant: shapes | shapes_wide (non-square, varied "
+                   "sizes, small objects)")  # fmt: skip
     p.add_argument("--data-root", default=None, help="dataset root (default: the registered one)")
     p.add_argument("--train-images", type=int, default=None, help="train images (default: all)")
     p.add_argument("--val-images", type=int, default=None, help="val images (default: all)")
@@ -862,6 +863,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, not {args.jobs}")
+    if args.budget is not None and args.budget <= 0:
+        p.error(f"--budget must be a positive number of minutes, not {args.budget}")
+    demo.check_args(p, args)
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has repeated values: {args.seeds}")
     try:  # a missing file is a usage error naming the flag, not a traceback

@@ -111,6 +111,24 @@ def dataset_opts(variant: str) -> List:
     return list(DATASET_OPTS[variant])
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors, naming the flag, for the counts and override lists demo.py and compare.py
+    share: a zero iteration or image count would otherwise fall back to the default, and an odd
+    override list fail deep inside yacs."""
+    for flag in ("teacher_iters", "student_iters", "train_images", "val_images", "probe_iters"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, not {value}")
+    if args.num_workers < 0:
+        parser.error(f"--num-workers must be at least 0, not {args.num_workers}")
+    for flag in ("opts", "kd_opts", "student_opts"):
+        pairs = getattr(args, flag, None) or []
+        if len(pairs) % 2:
+            parser.error(
+                f"--{flag.replace('_', '-')} takes KEY VALUE pairs; {pairs[-1]!r} has no value"
+            )
+
+
 def default_data_root(
     root: Optional[str], train_images: Optional[int], val_images: Optional[int], variant: str
 ) -> str:
@@ -572,6 +590,7 @@ def parse_args(argv=None):
         "(default: once, with the config's)",
     )
     args = p.parse_args(argv)
+    check_args(p, args)
     try:  # a missing file is a usage error naming the flag, not a traceback
         args.method = resolve_config_path(args.method, "--method")
         setting = "--teacher"

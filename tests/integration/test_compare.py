@@ -33,6 +33,33 @@ def test_a_missing_config_is_a_usage_error_naming_its_flag(tmp_path, capsys):
         assert "MODEL.KD.TEACHER.CONFIG_FILE" not in err, err
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--student-iters", "0"), "--student-iters must be at least 1, not 0"),
+        (("--teacher-iters", "-3"), "--teacher-iters must be at least 1, not -3"),
+        (("--val-images", "0"), "--val-images must be at least 1, not 0"),
+        (("--probe-iters", "0"), "--probe-iters must be at least 1, not 0"),
+        (("--num-workers", "-1"), "--num-workers must be at least 0, not -1"),
+        (("--budget", "-1"), "--budget must be a positive number of minutes, not -1.0"),
+        (("--kd-opts", "MODEL.KD.CALIBRATE"), "'MODEL.KD.CALIBRATE' has no value"),
+        (("--student-opts", "SOLVER.BASE_LR", "0.01", "SEED"), "'SEED' has no value"),
+        (("--dataset", "shapes_tall"), "invalid choice: 'shapes_tall'"),
+    ],
+)
+def test_bad_counts_and_override_lists_are_usage_errors_naming_the_flag(
+    tmp_path, capsys, extra, message
+):
+    with pytest.raises(SystemExit) as exit_info:
+        compare.parse_args(_argv(tmp_path, *extra))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    if extra[0] in ("--student-iters", "--kd-opts"):  # demo.py shares the checks
+        with pytest.raises(SystemExit):
+            demo.parse_args(["--output", str(tmp_path / "o"), *extra])
+        assert message in capsys.readouterr().err
+
+
 def _argv(tmp_path, *extra):
     return [
         "--output", str(tmp_path / "out"),
