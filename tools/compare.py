@@ -863,8 +863,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error(f"--jobs must be at least 1, not {args.jobs}")
-    if args.budget is not None and args.budget <= 0:
-        p.error(f"--budget must be a positive number of minutes, not {args.budget}")
+    if args.budget is not None and args.budget < 0:  # 0: train nothing, use the cache only
+        p.error(f"--budget must be at least 0 minutes, not {args.budget}")
     demo.check_args(p, args)
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has repeated values: {args.seeds}")

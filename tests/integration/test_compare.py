@@ -41,7 +41,7 @@ def test_a_missing_config_is_a_usage_error_naming_its_flag(tmp_path, capsys):
         (("--val-images", "0"), "--val-images must be at least 1, not 0"),
         (("--probe-iters", "0"), "--probe-iters must be at least 1, not 0"),
         (("--num-workers", "-1"), "--num-workers must be at least 0, not -1"),
-        (("--budget", "-1"), "--budget must be a positive number of minutes, not -1.0"),
+        (("--budget", "-1"), "--budget must be at least 0 minutes, not -1.0"),
         (("--kd-opts", "MODEL.KD.CALIBRATE"), "'MODEL.KD.CALIBRATE' has no value"),
         (("--student-opts", "SOLVER.BASE_LR", "0.01", "SEED"), "'SEED' has no value"),
         (("--dataset", "shapes_tall"), "invalid choice: 'shapes_tall'"),
