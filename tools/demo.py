@@ -34,18 +34,20 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch  # noqa: F401  (Detectron2's C extension needs torch's libraries loaded first)
+import numpy as np
+import torch  # (imported before Detectron2: its C extension needs torch's libraries loaded first)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.engine.hooks import CallbackHook  # noqa: E402
+from detectron2.engine.hooks import CallbackHook, HookBase  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
@@ -72,14 +74,114 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 logger = logging.getLogger("d2kd.demo")
 
 
+# A stage writes OUTPUT_DIR/RESUME_FILE every RESUME_PERIOD iterations, so that a stage killed
+# midway (a stopped compare.py, a lost machine) goes on from there when run again instead of
+# starting over. Not a config key: the cache keys of stages trained before this existed still hold.
+RESUME_PERIOD = 200
+RESUME_FILE = "resume.pth"
+
+
+def rng_states() -> Dict[str, Any]:
+    """The global RNG states (torch, NumPy, random) as tensors and numbers, which a weights-only
+    load reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "random": [version, list(state), gauss_next],
+    }
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, gauss_next = states["random"]
+    random.setstate((version, tuple(state), gauss_next))
+
+
+def loss_normalizers(model: torch.nn.Module) -> Dict[str, float]:
+    """{module name: its ``loss_normalizer``}: the running mean of foreground counts that
+    Detectron2's dense heads (RetinaNet, FCOS) keep as a plain attribute, outside the state dict,
+    so a checkpoint alone would restart it and change the next losses."""
+    return {
+        name: float(m.loss_normalizer)
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "loss_normalizer", None), (int, float))
+    }
+
+
+class ResumePointHook(HookBase):
+    """Every ``period`` iterations but the last (which writes model_final.pth): the trainer's state
+    (model, optimizer, scheduler, iteration), the RNG states, the heads' loss normalizers
+    (:func:`loss_normalizers`) and the seconds the stage has run
+    (``seconds_before`` from earlier attempts + this one's since ``start``) into
+    OUTPUT_DIR/RESUME_FILE, written under another name and then renamed over it, so that a run
+    killed while writing leaves the previous resume point whole."""
+
+    def __init__(self, period: int, start: float, seconds_before: float = 0.0):
+        self.period, self.start, self.seconds_before = period, start, seconds_before
+
+    def after_step(self):
+        done = self.trainer.iter + 1
+        if done % self.period or done >= self.trainer.max_iter:
+            return
+        checkpointer = self.trainer.checkpointer
+        seconds = self.seconds_before + time.perf_counter() - self.start
+        model = self.trainer.model
+        normalizers = loss_normalizers(model)
+        extra = {"rng": rng_states(), "stage_seconds": seconds, "loss_normalizers": normalizers}
+        checkpointer.save("resume.partial", **extra)
+        folder = checkpointer.save_dir
+        os.replace(os.path.join(folder, "resume.partial.pth"), os.path.join(folder, RESUME_FILE))
+        checkpointer.tag_last_checkpoint(RESUME_FILE)
+
+
+class SkipToResumePointHook(HookBase):
+    """On a resumed run, after every other hook's ``before_train``: draw (and drop) the batches the
+    interrupted run had trained on, so that the data loader goes on where it was, then restore
+    the RNG states saved with the resume point (the same batches, augmentations and random draws
+    as an uninterrupted run)."""
+
+    def __init__(self, rng: Optional[Dict[str, Any]]):
+        self.rng = rng
+
+    def before_train(self):
+        if self.rng is None:
+            return
+        trainer = self.trainer._trainer  # SimpleTrainer / AMPTrainer: it owns the loader iterator
+        for _ in range(self.trainer.start_iter):
+            next(trainer._data_loader_iter)
+        set_rng_states(self.rng)
+
+
 class DemoTrainer(train_net.Trainer):
     """train_net's Trainer, re-seeded just before the first step so that the plain and the
     distilled student see the same batches and augmentations (building the teacher draws random
-    numbers, which would otherwise shift the data loader workers' seeds)."""
+    numbers, which would otherwise shift the data loader workers' seeds). It writes a resume point
+    every :data:`RESUME_PERIOD` iterations; :meth:`resume_from_point` goes on from one."""
 
     def build_hooks(self):
         seed = self.cfg.SEED
-        return [CallbackHook(before_train=lambda _: seed_all_rng(seed))] + super().build_hooks()
+        self.resume_hook = ResumePointHook(RESUME_PERIOD, time.perf_counter())
+        self.skip_hook = SkipToResumePointHook(None)
+        reseed = CallbackHook(before_train=lambda _: seed_all_rng(seed))
+        return [reseed] + super().build_hooks() + [self.resume_hook, self.skip_hook]
+
+    def resume_from_point(self, path: str) -> int:
+        """Load the resume point ``path`` (strictly: it must fit this model) and return the
+        iteration training goes on from."""
+        self.checkpointer.tag_last_checkpoint(os.path.basename(path))
+        extra = self.checkpointer.resume_or_load(path, resume=True)
+        self.start_iter = self.iter + 1
+        self.resume_hook.seconds_before = float(extra.get("stage_seconds", 0.0))
+        self.skip_hook.rng = extra["rng"]
+        modules = dict(self.model.named_modules())
+        for name, value in extra.get("loss_normalizers", {}).items():
+            modules[name].loss_normalizer = value
+        return self.start_iter
 
 
 # ----------------------------------------------------------------------------- data
@@ -276,14 +378,24 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
     check_training_data(cfg)  # as train_net.py does
     trainer = DemoTrainer(cfg)
     check_num_classes(cfg, trainer.model)
-    trainer.resume_or_load(resume=False)
+    resume = os.path.join(cfg.OUTPUT_DIR, RESUME_FILE)
+    if os.path.isfile(resume):
+        it = trainer.resume_from_point(resume)
+        logger.info(
+            f"Going on from the resume point {resume}: iteration {it} of {trainer.max_iter}"
+        )
+    else:
+        trainer.resume_or_load(resume=False)
     trainer.train()
+    seconds = trainer.resume_hook.seconds_before + time.perf_counter() - start
+    if os.path.isfile(resume):  # model_final.pth is written: the resume point has served
+        os.remove(resume)
     if not cfg.DATASETS.TEST:  # a timing run (tools/compare.py's probe): nothing to evaluate
-        return {}, time.perf_counter() - start
+        return {}, seconds
     # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results here
     # (DefaultTrainer.train returns them only when TEST.EXPECTED_RESULTS is set).
     results = trainer._last_eval_results
-    return dict(results["bbox"]), time.perf_counter() - start
+    return dict(results["bbox"]), seconds
 
 
 def compare_with_cached(cfg, role: str) -> Optional[Tuple[List[Tuple[str, str, str]], List[str]]]:
@@ -442,6 +554,7 @@ def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> 
     reused = None if retrain else _reuse_locked(cfg, role, stage, label)
     if reused is not None:
         return reused
+    _check_resume_point(cfg, role, retrain)
     logger.info(
         f"Stage {stage}: training the {label} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
     )
@@ -449,6 +562,23 @@ def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> 
     with open(metrics_file, "w") as f:
         json.dump({"metrics": metrics, "seconds": seconds}, f, indent=2)
     return {"metrics": metrics, "seconds": seconds, "weights": weights, "cached": False}
+
+
+def _check_resume_point(cfg, role: str, retrain: bool) -> None:
+    """Keep ``cfg.OUTPUT_DIR``'s resume point only where training may go on from it: not with
+    ``retrain`` (it is deleted), nor where the folder's config.yaml differs from ``cfg`` (the
+    folder's files are moved aside, as for a stale cached stage)."""
+    resume = os.path.join(cfg.OUTPUT_DIR, RESUME_FILE)
+    if not os.path.isfile(resume):
+        return
+    if retrain:
+        os.remove(resume)
+        logger.info(f"--retrain: deleted the resume point {resume}; training from the start")
+    elif compare_with_cached(cfg, role) is None:
+        os.remove(resume)  # nothing says which config wrote it
+        logger.warning(f"{resume} has no config.yaml beside it: deleted, training from the start")
+    else:
+        check_cached_config(cfg, role)  # a differing config moves it aside with the rest
 
 
 def student_cfgs(args, data: Dict, teacher_weights: str):

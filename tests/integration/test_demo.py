@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 pytest.importorskip("detectron2", reason="integration test: Detectron2 cannot be imported")
 
@@ -307,3 +308,82 @@ def test_two_processes_asking_for_one_stage_train_it_once(tmp_path, monkeypatch,
     assert not outs["first"]["cached"] and outs["second"]["cached"]
     assert outs["second"]["metrics"] == {"AP": 1.0}
     assert any("another process is training" in r.getMessage() for r in caplog.records)
+
+
+def test_a_killed_stage_goes_on_from_its_resume_point_to_the_uninterrupted_result(
+    tmp_path, monkeypatch
+):
+    demo = _demo()
+    monkeypatch.setattr(demo, "RESUME_PERIOD", 2)
+    kd_opts = ["MODEL.KD.CALIBRATE.ENABLED", "True", "MODEL.KD.CALIBRATE.ITERS", "3"]
+    argv = _argv(tmp_path) + ["--student-iters", "6", "--teacher-iters", "1", "--kd-opts", *kd_opts]
+    args = demo.parse_args(argv)
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images)
+    tcfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
+    teacher = demo.run_cached_stage(tcfg, retrain=False)["weights"]
+    _, kd = demo.student_cfgs(args, data, teacher)
+    kd.merge_from_list(kd_opts)
+    runs = {}
+    for name in ("whole", "killed"):
+        runs[name] = kd.clone()
+        runs[name].OUTPUT_DIR = str(tmp_path / name)
+    whole_metrics, _ = demo.train_and_evaluate(runs["whole"])
+
+    killed = runs["killed"]
+    run_step = demo.DemoTrainer.run_step
+
+    def dies_at_iteration_3(trainer):
+        if trainer.iter == 3:
+            raise RuntimeError("killed")
+        run_step(trainer)
+
+    monkeypatch.setattr(demo.DemoTrainer, "run_step", dies_at_iteration_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        demo.train_and_evaluate(killed)
+    resume = os.path.join(killed.OUTPUT_DIR, demo.RESUME_FILE)
+    assert os.path.isfile(resume)
+    assert not os.path.isfile(os.path.join(killed.OUTPUT_DIR, "model_final.pth"))
+    monkeypatch.setattr(demo.DemoTrainer, "run_step", run_step)
+
+    started = []
+    train = demo.DemoTrainer.train
+    monkeypatch.setattr(
+        demo.DemoTrainer, "train", lambda t: started.append(t.start_iter) or train(t)
+    )
+    demo._check_resume_point(killed, "distilled", retrain=False)  # same config: kept
+    killed_metrics, _ = demo.train_and_evaluate(killed)
+    assert started == [2]  # iterations 0-1 came from the resume point
+    assert not os.path.isfile(resume)  # done: the resume point is deleted
+    final = {
+        name: torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
+        for name, cfg in runs.items()
+    }
+    for key, value in final["whole"]["model"].items():
+        assert torch.equal(value, final["killed"]["model"][key]), key
+    assert any("calibrat" in key for key in final["whole"]["model"])  # the scales came back too
+    assert json.dumps(whole_metrics) == json.dumps(killed_metrics)
+
+
+def test_a_resume_point_of_another_config_or_under_retrain_is_not_used(tmp_path):
+    demo = _demo()
+    args = demo.parse_args(_argv(tmp_path))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images)
+    cfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
+    cfg.OUTPUT_DIR = str(tmp_path / "stage")
+    resume = os.path.join(cfg.OUTPUT_DIR, demo.RESUME_FILE)
+    os.makedirs(cfg.OUTPUT_DIR)
+    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    for retrain in (False, True):
+        with open(resume, "wb") as f:
+            f.write(b"resume point")
+        demo._check_resume_point(cfg, "teacher", retrain)
+        assert os.path.isfile(resume) != retrain
+    with open(resume, "wb") as f:
+        f.write(b"resume point")
+    changed = cfg.clone()
+    changed.SOLVER.BASE_LR *= 2
+    demo._check_resume_point(changed, "teacher", retrain=False)
+    assert not os.path.isfile(resume)  # moved aside with the old config, not deleted
+    (stale,) = [d for d in os.listdir(cfg.OUTPUT_DIR) if d.startswith("stale-")]
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, stale, demo.RESUME_FILE))
