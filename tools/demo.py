@@ -79,6 +79,7 @@ logger = logging.getLogger("d2kd.demo")
 # starting over. Not a config key: the cache keys of stages trained before this existed still hold.
 RESUME_PERIOD = 200
 RESUME_FILE = "resume.pth"
+RESUME_PARTIAL = "resume.partial"  # the name a resume point is written under before the rename
 
 
 def rng_states() -> Dict[str, Any]:
@@ -133,9 +134,9 @@ class ResumePointHook(HookBase):
         model = self.trainer.model
         normalizers = loss_normalizers(model)
         extra = {"rng": rng_states(), "stage_seconds": seconds, "loss_normalizers": normalizers}
-        checkpointer.save("resume.partial", **extra)
+        checkpointer.save(RESUME_PARTIAL, **extra)
         folder = checkpointer.save_dir
-        os.replace(os.path.join(folder, "resume.partial.pth"), os.path.join(folder, RESUME_FILE))
+        os.replace(os.path.join(folder, f"{RESUME_PARTIAL}.pth"), os.path.join(folder, RESUME_FILE))
         checkpointer.tag_last_checkpoint(RESUME_FILE)
 
 
@@ -388,8 +389,10 @@ def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
         trainer.resume_or_load(resume=False)
     trainer.train()
     seconds = trainer.resume_hook.seconds_before + time.perf_counter() - start
-    if os.path.isfile(resume):  # model_final.pth is written: the resume point has served
-        os.remove(resume)
+    for name in (RESUME_FILE, f"{RESUME_PARTIAL}.pth"):  # model_final.pth is written: they
+        path = os.path.join(cfg.OUTPUT_DIR, name)  # have served (a partial one: killed mid-write)
+        if os.path.isfile(path):
+            os.remove(path)
     if not cfg.DATASETS.TEST:  # a timing run (tools/compare.py's probe): nothing to evaluate
         return {}, seconds
     # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results here

@@ -350,10 +350,13 @@ def test_a_killed_stage_goes_on_from_its_resume_point_to_the_uninterrupted_resul
     monkeypatch.setattr(
         demo.DemoTrainer, "train", lambda t: started.append(t.start_iter) or train(t)
     )
+    with open(os.path.join(killed.OUTPUT_DIR, demo.RESUME_PARTIAL + ".pth"), "wb") as f:
+        f.write(b"killed while writing the next resume point")
     demo._check_resume_point(killed, "distilled", retrain=False)  # same config: kept
     killed_metrics, _ = demo.train_and_evaluate(killed)
     assert started == [2]  # iterations 0-1 came from the resume point
-    assert not os.path.isfile(resume)  # done: the resume point is deleted
+    assert not os.path.isfile(resume)  # done: the resume point is deleted, and a partial one
+    assert not os.path.isfile(os.path.join(killed.OUTPUT_DIR, demo.RESUME_PARTIAL + ".pth"))
     final = {
         name: torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
         for name, cfg in runs.items()
