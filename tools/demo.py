@@ -569,17 +569,19 @@ def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> 
 
 def _check_resume_point(cfg, role: str, retrain: bool) -> None:
     """Keep ``cfg.OUTPUT_DIR``'s resume point only where training may go on from it: not with
-    ``retrain`` (it is deleted), nor where the folder's config.yaml differs from ``cfg`` (the
-    folder's files are moved aside, as for a stale cached stage)."""
+    ``retrain`` (it is deleted), nor where the folder's config.yaml differs from ``cfg`` or is
+    missing (the folder's files are moved aside, as for a stale cached stage)."""
     resume = os.path.join(cfg.OUTPUT_DIR, RESUME_FILE)
     if not os.path.isfile(resume):
         return
     if retrain:
         os.remove(resume)
         logger.info(f"--retrain: deleted the resume point {resume}; training from the start")
-    elif compare_with_cached(cfg, role) is None:
-        os.remove(resume)  # nothing says which config wrote it
-        logger.warning(f"{resume} has no config.yaml beside it: deleted, training from the start")
+    elif compare_with_cached(cfg, role) is None:  # nothing says which config wrote it
+        stale = _move_aside(cfg.OUTPUT_DIR)
+        logger.warning(
+            f"{resume} has no config.yaml beside it: moved to {stale}, training from the start"
+        )
     else:
         check_cached_config(cfg, role)  # a differing config moves it aside with the rest
 

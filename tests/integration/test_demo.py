@@ -390,3 +390,10 @@ def test_a_resume_point_of_another_config_or_under_retrain_is_not_used(tmp_path)
     assert not os.path.isfile(resume)  # moved aside with the old config, not deleted
     (stale,) = [d for d in os.listdir(cfg.OUTPUT_DIR) if d.startswith("stale-")]
     assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, stale, demo.RESUME_FILE))
+    with open(resume, "wb") as f:  # and one without a config.yaml beside it
+        f.write(b"resume point")
+    demo._check_resume_point(cfg, "teacher", retrain=False)
+    assert not os.path.isfile(resume)
+    stale = [d for d in os.listdir(cfg.OUTPUT_DIR) if d.startswith("stale-")]
+    assert len(stale) == 2  # moved aside, not deleted
+    assert all(os.path.isfile(os.path.join(cfg.OUTPUT_DIR, d, demo.RESUME_FILE)) for d in stale)
