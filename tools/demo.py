@@ -367,9 +367,13 @@ def teacher_cfg(method_cfg, data: Dict, args):
 
 
 # ----------------------------------------------------------------------------- stages
-def train_and_evaluate(cfg) -> Tuple[Dict[str, float], float]:
+def train_and_evaluate(
+    cfg, role: str = "distilled", retrain: bool = False
+) -> Tuple[Dict[str, float], float]:
     """Train with DemoTrainer; return its final COCO bbox metrics ({} where ``DATASETS.TEST`` is
-    empty) and the seconds of training and evaluation."""
+    empty) and the seconds of training and evaluation. A resume point in ``cfg.OUTPUT_DIR`` is
+    gone on from only where :func:`_check_resume_point` (``role``, ``retrain``) keeps it."""
+    _check_resume_point(cfg, role, retrain)  # before config.yaml is overwritten
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
         f.write(cfg.dump())
@@ -557,11 +561,10 @@ def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> 
     reused = None if retrain else _reuse_locked(cfg, role, stage, label)
     if reused is not None:
         return reused
-    _check_resume_point(cfg, role, retrain)
     logger.info(
         f"Stage {stage}: training the {label} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
     )
-    metrics, seconds = train_and_evaluate(cfg)
+    metrics, seconds = train_and_evaluate(cfg, role, retrain)
     with open(metrics_file, "w") as f:
         json.dump({"metrics": metrics, "seconds": seconds}, f, indent=2)
     return {"metrics": metrics, "seconds": seconds, "weights": weights, "cached": False}
@@ -765,7 +768,7 @@ def main(argv=None) -> List[Dict]:
             f"teacher precision {cfg.MODEL.KD.TEACHER.PRECISION}) -> "
             f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}"
         )
-        distilled.append((precision, cfg, *train_and_evaluate(cfg)))
+        distilled.append((precision, cfg, *train_and_evaluate(cfg, retrain=args.retrain)))
     logger.info("Stage 5/5: results")
     rows = [
         {"model": "teacher (cached)" if teacher["cached"] else "teacher",

@@ -146,7 +146,7 @@ def test_budget_refuses_before_training(tmp_path, monkeypatch):
         compare.save_timing(args, compare.timing_key(cfg, role), 60.0, 0.0, "test")
 
     monkeypatch.setattr(compare, "probe", fake_probe)
-    monkeypatch.setattr(demo, "train_and_evaluate", lambda cfg: pytest.fail("trained"))
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda cfg, *_: pytest.fail("trained"))
     # 1 teacher + 2 x (plain + distilled) iterations of 1 minute each: 5 minutes > 4.
     with pytest.raises(compare.BudgetExceededError, match=r"5\.0 min, more than --budget 4 min"):
         compare.main(_argv(tmp_path, "--budget", "4"))

@@ -83,7 +83,9 @@ def test_short_demo_writes_the_table_and_caches_the_teacher(tmp_path, monkeypatc
     args = demo.parse_args(_argv(tmp_path))
     data = demo.prepare_data(args.data_root, args.train_images, args.val_images)
     tcfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
-    monkeypatch.setattr(demo, "train_and_evaluate", lambda cfg: pytest.fail("teacher retrained"))
+    monkeypatch.setattr(
+        demo, "train_and_evaluate", lambda cfg, *_: pytest.fail("teacher retrained")
+    )
     cached = demo.run_cached_stage(tcfg, retrain=False)
     assert cached["cached"] and cached["weights"] == saved["rows"][0]["weights"]
     # (json, so that NaN, the AP of a model with no detection, compares equal to itself)
@@ -220,7 +222,7 @@ def test_a_cached_stage_trained_with_another_default_is_moved_aside_and_retraine
     _cached_folder(tmp_path / "teachers" / "key", saved)
     assert not compare._cached(cfg, "teacher")  # compare.py's plan counts it as to be trained
     trained = []
-    monkeypatch.setattr(demo, "train_and_evaluate", lambda c: trained.append(c) or ({}, 1.0))
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda c, *_: trained.append(c) or ({}, 1.0))
     with caplog.at_level(logging.INFO, logger="d2kd"):
         out = demo.run_cached_stage(cfg, retrain=False, role="teacher")
     assert not out["cached"] and trained == [cfg]
@@ -247,7 +249,7 @@ def test_a_cached_stage_lacking_only_new_default_keys_is_reused(tmp_path, monkey
     _add_default_keys(monkeypatch)
     cfg = demo.train_net.load_cfg(METHOD, ["MODEL.DEVICE", "cpu"])
     cfg.OUTPUT_DIR = str(tmp_path / "students" / "key")
-    monkeypatch.setattr(demo, "train_and_evaluate", lambda c: pytest.fail("retrained"))
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda c, *_: pytest.fail("retrained"))
     with caplog.at_level(logging.INFO, logger="d2kd"):
         assert demo.run_cached_stage(cfg, retrain=False, role="student")["cached"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -279,7 +281,7 @@ def test_two_processes_asking_for_one_stage_train_it_once(tmp_path, monkeypatch,
     cfg.OUTPUT_DIR = str(tmp_path / "students" / "key")
     trained, started = [], threading.Event()
 
-    def fake_train(c):  # writes what a finished stage leaves, slowly
+    def fake_train(c, *_):  # writes what a finished stage leaves, slowly
         trained.append(c.OUTPUT_DIR)
         started.set()
         time.sleep(1.0)
@@ -322,7 +324,7 @@ def test_a_killed_stage_goes_on_from_its_resume_point_to_the_uninterrupted_resul
     tcfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
     teacher = demo.run_cached_stage(tcfg, retrain=False)["weights"]
     _, kd = demo.student_cfgs(args, data, teacher)
-    kd.merge_from_list(kd_opts)
+    assert kd.MODEL.KD.CALIBRATE.ENABLED  # --kd-opts reached the distilled stage
     runs = {}
     for name in ("whole", "killed"):
         runs[name] = kd.clone()
@@ -352,8 +354,7 @@ def test_a_killed_stage_goes_on_from_its_resume_point_to_the_uninterrupted_resul
     )
     with open(os.path.join(killed.OUTPUT_DIR, demo.RESUME_PARTIAL + ".pth"), "wb") as f:
         f.write(b"killed while writing the next resume point")
-    demo._check_resume_point(killed, "distilled", retrain=False)  # same config: kept
-    killed_metrics, _ = demo.train_and_evaluate(killed)
+    killed_metrics, _ = demo.train_and_evaluate(killed)  # same config: the point is kept
     assert started == [2]  # iterations 0-1 came from the resume point
     assert not os.path.isfile(resume)  # done: the resume point is deleted, and a partial one
     assert not os.path.isfile(os.path.join(killed.OUTPUT_DIR, demo.RESUME_PARTIAL + ".pth"))
@@ -397,3 +398,23 @@ def test_a_resume_point_of_another_config_or_under_retrain_is_not_used(tmp_path)
     stale = [d for d in os.listdir(cfg.OUTPUT_DIR) if d.startswith("stale-")]
     assert len(stale) == 2  # moved aside, not deleted
     assert all(os.path.isfile(os.path.join(cfg.OUTPUT_DIR, d, demo.RESUME_FILE)) for d in stale)
+
+
+def test_train_and_evaluate_itself_moves_a_resume_point_of_another_config_aside(tmp_path):
+    """The demo's distilled stage calls train_and_evaluate directly, not run_cached_stage."""
+    demo = _demo()
+    args = demo.parse_args(_argv(tmp_path) + ["--teacher-iters", "1"])
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images)
+    cfg = demo.teacher_cfg(demo.train_net.load_cfg(args.method), data, args)
+    cfg.OUTPUT_DIR = str(tmp_path / "stage")
+    os.makedirs(cfg.OUTPUT_DIR)
+    old = cfg.clone()
+    old.SOLVER.BASE_LR *= 2
+    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(old.dump())
+    with open(os.path.join(cfg.OUTPUT_DIR, demo.RESUME_FILE), "wb") as f:
+        f.write(b"not a checkpoint: loading it would fail")
+    demo.train_and_evaluate(cfg, "teacher")  # trains from the start instead
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    (stale,) = [d for d in os.listdir(cfg.OUTPUT_DIR) if d.startswith("stale-")]
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, stale, demo.RESUME_FILE))
