@@ -33,6 +33,7 @@ from d2kd.data import build_train_mapper
 from d2kd.engine import (
     CalibrationRecordHook,
     DivergenceHook,
+    LossNormalizerHook,
     TeacherEvalHook,
     check_eval_only_weights,
     check_num_classes,
@@ -95,7 +96,8 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
     def build_hooks(self):
-        hooks = super().build_hooks()
+        # The dense heads' loss_normalizer goes into checkpoints, so --resume goes on with it.
+        hooks = super().build_hooks() + [LossNormalizerHook()]
         kd = self.cfg.MODEL.KD
         if self.cfg.MODEL.META_ARCHITECTURE == "DistillDetector" and kd.TEACHER.EVAL_AT_START:
             hooks.insert(0, TeacherEvalHook(self.cfg, self.build_test_loader, self.build_evaluator))

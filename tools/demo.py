@@ -103,21 +103,10 @@ def set_rng_states(states: Dict[str, Any]) -> None:
     random.setstate((version, tuple(state), gauss_next))
 
 
-def loss_normalizers(model: torch.nn.Module) -> Dict[str, float]:
-    """{module name: its ``loss_normalizer``}: the running mean of foreground counts that
-    Detectron2's dense heads (RetinaNet, FCOS) keep as a plain attribute, outside the state dict,
-    so a checkpoint alone would restart it and change the next losses."""
-    return {
-        name: float(m.loss_normalizer)
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "loss_normalizer", None), (int, float))
-    }
-
-
 class ResumePointHook(HookBase):
     """Every ``period`` iterations but the last (which writes model_final.pth): the trainer's state
-    (model, optimizer, scheduler, iteration), the RNG states, the heads' loss normalizers
-    (:func:`loss_normalizers`) and the seconds the stage has run
+    (model, optimizer, scheduler, iteration, and through train_net's LossNormalizerHook the heads'
+    loss normalizers), the RNG states and the seconds the stage has run
     (``seconds_before`` from earlier attempts + this one's since ``start``) into
     OUTPUT_DIR/RESUME_FILE, written under another name and then renamed over it, so that a run
     killed while writing leaves the previous resume point whole."""
@@ -131,9 +120,7 @@ class ResumePointHook(HookBase):
             return
         checkpointer = self.trainer.checkpointer
         seconds = self.seconds_before + time.perf_counter() - self.start
-        model = self.trainer.model
-        normalizers = loss_normalizers(model)
-        extra = {"rng": rng_states(), "stage_seconds": seconds, "loss_normalizers": normalizers}
+        extra = {"rng": rng_states(), "stage_seconds": seconds}
         checkpointer.save(RESUME_PARTIAL, **extra)
         folder = checkpointer.save_dir
         os.replace(os.path.join(folder, f"{RESUME_PARTIAL}.pth"), os.path.join(folder, RESUME_FILE))
@@ -179,6 +166,8 @@ class DemoTrainer(train_net.Trainer):
         self.start_iter = self.iter + 1
         self.resume_hook.seconds_before = float(extra.get("stage_seconds", 0.0))
         self.skip_hook.rng = extra["rng"]
+        # Resume points written before LossNormalizerHook (d2kd before 2026-12-07) carry the
+        # heads' loss normalizers here instead of in the trainer's hook state.
         modules = dict(self.model.named_modules())
         for name, value in extra.get("loss_normalizers", {}).items():
             modules[name].loss_normalizer = value

@@ -1,6 +1,12 @@
 from .distributed import create_ddp_model
 from .divergence import DivergenceHook, TrainingDivergedError
-from .hooks import CalibrationRecordHook, TeacherEvalHook, unwrap_model
+from .hooks import (
+    CalibrationRecordHook,
+    LossNormalizerHook,
+    TeacherEvalHook,
+    loss_normalizers,
+    unwrap_model,
+)
 from .launcher import dist_backend, launch
 from .run_info import check_resumed_teacher, run_info, update_run_info, write_run_info
 from .startup import (
@@ -15,6 +21,8 @@ __all__ = [
     "TrainingDivergedError",
     "TeacherEvalHook",
     "CalibrationRecordHook",
+    "LossNormalizerHook",
+    "loss_normalizers",
     "create_ddp_model",
     "dist_backend",
     "launch",

@@ -2,13 +2,21 @@
 
 import logging
 import os
+from typing import Dict
 
+import torch
 from detectron2.engine import HookBase
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["TeacherEvalHook", "CalibrationRecordHook", "unwrap_model"]
+__all__ = [
+    "TeacherEvalHook",
+    "CalibrationRecordHook",
+    "LossNormalizerHook",
+    "loss_normalizers",
+    "unwrap_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +82,45 @@ class CalibrationRecordHook(HookBase):
             from .run_info import update_run_info
 
             update_run_info(self.path, {"kd_calibration": calibrator.report()})
+
+
+def loss_normalizers(model: torch.nn.Module) -> Dict[str, float]:
+    """{module name: its ``loss_normalizer``}: the running mean of foreground counts that
+    Detectron2's dense heads (RetinaNet, FCOS) keep as a plain attribute, outside the state dict,
+    so a checkpoint alone would restart it (RetinaNet from 100) and change the next losses.
+    Names are those of the model inside DDP, if any."""
+    return {
+        name: float(m.loss_normalizer)
+        for name, m in unwrap_model(model).named_modules()
+        if isinstance(getattr(m, "loss_normalizer", None), (int, float))
+    }
+
+
+class LossNormalizerHook(HookBase):
+    """
+    Stateful hook that carries the dense heads' :func:`loss_normalizers` in the trainer's part of
+    every checkpoint (``trainer.hooks.LossNormalizerHook``), so that ``--resume`` goes on with the
+    running foreground count the interrupted run had, not with the head's initial value (the
+    resumed losses then equal an uninterrupted run's). Stock Detectron2 does not save it.
+    A model without such a head saves nothing.
+    """
+
+    def state_dict(self):
+        normalizers = loss_normalizers(self.trainer.model)
+        return {"loss_normalizers": normalizers} if normalizers else {}
+
+    def load_state_dict(self, state_dict):
+        modules = dict(unwrap_model(self.trainer.model).named_modules())
+        saved = state_dict.get("loss_normalizers", {})
+        # A head sets the attribute at its first training step, so a fresh model has none yet.
+        unknown = sorted(n for n in saved if n not in modules)
+        if unknown:
+            logger.warning(
+                f"The checkpoint holds the loss_normalizer of modules {unknown}, which this model "
+                "does not have: not restored (a checkpoint of another architecture?)"
+            )
+        for name, value in saved.items():
+            if name not in unknown:
+                modules[name].loss_normalizer = float(value)
+        if saved:
+            logger.info(f"Restored the heads' loss_normalizer from the checkpoint: {saved}")

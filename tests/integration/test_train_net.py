@@ -64,6 +64,11 @@ def test_train_resume_and_eval_only(datasets, tmp_path):
     trainer = train_net.Trainer(train_net.setup(default_argument_parser().parse_args(args)))
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 2
+    # RetinaNet's loss_normalizer (a running foreground count outside the state dict, 100 when
+    # built) comes back from the checkpoint, so the resumed losses are those of an unbroken run.
+    saved = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["trainer"]
+    normalizer = saved["hooks"]["LossNormalizerHook"]["loss_normalizers"][""]
+    assert normalizer != 100.0 and trainer.model.loss_normalizer == normalizer
     trainer.train()
     assert trainer.iter == 3  # ran iteration 2 only, then stopped at MAX_ITER
 
@@ -144,3 +149,23 @@ def test_distillation_trains_and_evaluates_student_only(datasets, tmp_path):
         ]
     )
     assert "AP" in res["bbox"]
+
+
+def test_loss_normalizer_hook_restores_known_heads_and_names_unknown_ones(caplog):
+    from types import SimpleNamespace
+
+    from d2kd.engine import LossNormalizerHook
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    hook = LossNormalizerHook()
+    hook.trainer = SimpleNamespace(model=model)
+    assert hook.state_dict() == {}  # no dense head: nothing is saved
+    model[0].loss_normalizer = 12.5
+    assert hook.state_dict() == {"loss_normalizers": {"0": 12.5}}
+
+    fresh = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    hook.trainer = SimpleNamespace(model=fresh)
+    with caplog.at_level("WARNING", logger="d2kd"):
+        hook.load_state_dict({"loss_normalizers": {"0": 12.5, "head.cls": 3.0}})
+    assert fresh[0].loss_normalizer == 12.5
+    assert "['head.cls']" in caplog.text and "not restored" in caplog.text
