@@ -102,7 +102,8 @@ class LossNormalizerHook(HookBase):
     every checkpoint (``trainer.hooks.LossNormalizerHook``), so that ``--resume`` goes on with the
     running foreground count the interrupted run had, not with the head's initial value (the
     resumed losses then equal an uninterrupted run's). Stock Detectron2 does not save it.
-    A model without such a head saves nothing.
+    A model without such a head saves nothing. Under DDP each rank keeps its own count (Detectron2
+    does not all-reduce it); the checkpoint holds rank 0's, which every rank gets back.
     """
 
     def state_dict(self):
