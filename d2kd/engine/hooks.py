@@ -100,8 +100,10 @@ class LossNormalizerHook(HookBase):
     """
     Stateful hook that carries the dense heads' :func:`loss_normalizers` in the trainer's part of
     every checkpoint (``trainer.hooks.LossNormalizerHook``), so that ``--resume`` goes on with the
-    running foreground count the interrupted run had, not with the head's initial value (the
-    resumed losses then equal an uninterrupted run's). Stock Detectron2 does not save it.
+    running foreground count the interrupted run had, not with the head's initial value (on the
+    same batch, the resumed losses then equal an uninterrupted run's; train_net's data order after
+    a resume is Detectron2's, tools/demo.py's resume points also restore it). Stock Detectron2
+    does not save the count.
     A model without such a head saves nothing. Under DDP each rank keeps its own count (Detectron2
     does not all-reduce it); the checkpoint holds rank 0's, which every rank gets back.
     """
