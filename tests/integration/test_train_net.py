@@ -65,7 +65,7 @@ def test_train_resume_and_eval_only(datasets, tmp_path):
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 2
     # RetinaNet's loss_normalizer (a running foreground count outside the state dict, 100 when
-    # built) comes back from the checkpoint, so the resumed losses are those of an unbroken run.
+    # built) comes back from the checkpoint, so the resumed losses use the count the run had.
     saved = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["trainer"]
     normalizer = saved["hooks"]["LossNormalizerHook"]["loss_normalizers"][""]
     assert normalizer != 100.0 and trainer.model.loss_normalizer == normalizer
