@@ -4,7 +4,6 @@ from .hooks import (
     CalibrationRecordHook,
     LossNormalizerHook,
     TeacherEvalHook,
-    loss_normalizers,
     unwrap_model,
 )
 from .launcher import dist_backend, launch
@@ -22,7 +21,6 @@ __all__ = [
     "TeacherEvalHook",
     "CalibrationRecordHook",
     "LossNormalizerHook",
-    "loss_normalizers",
     "create_ddp_model",
     "dist_backend",
     "launch",
