@@ -305,14 +305,20 @@ LOADED = 1.25
 
 def _warn_loaded_timing(key: str, timing: Dict) -> None:
     """Warn when the timing used for ``key`` was measured on a loaded machine: its stage then ran
-    slower than it will alone (a 10-iteration run beside two trainings measured 10x a full run)."""
-    load = timing.get("load_per_core")
-    if load is not None and load > LOADED:
-        logger.warning(
-            f"The time of {key} ({timing['sec_per_iter']:.2f} s/iteration) was measured by "
-            f"{timing['source']} at a load of {load:.1f} per core, so the estimate may be high; "
-            "a longer run of that stage replaces it (or delete its entry in timings.json)"
-        )
+    slower than it will alone (a 10-iteration run beside two trainings measured 10x a full run),
+    or by a d2kd that did not record loads (no ``load_per_core`` entry: such a cache held a
+    10-iteration time of 8.5 s/iteration for a stage that ran at 0.7)."""
+    if "load_per_core" not in timing:
+        where = "at a load that was not recorded (an entry from before d2kd recorded loads)"
+    elif timing["load_per_core"] is not None and timing["load_per_core"] > LOADED:
+        where = f"at a load of {timing['load_per_core']:.1f} per core"
+    else:
+        return
+    logger.warning(
+        f"The time of {key} ({timing['sec_per_iter']:.2f} s/iteration) was measured by "
+        f"{timing['source']} {where}, so the estimate may be high; a longer run of that stage "
+        "replaces it (or delete its entry in timings.json)"
+    )
 
 
 def parallel_speedup(args) -> float:

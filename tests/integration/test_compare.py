@@ -199,6 +199,32 @@ def test_a_short_run_does_not_replace_a_full_runs_timing_and_a_loaded_one_is_fla
     assert len(warned) == 1 and "run again at a load of 3.0 per core" in warned[0], warned
 
 
+def test_a_timing_stored_without_its_load_is_flagged_and_replaced_by_a_run(tmp_path):
+    # A timings.json entry written before loads and iterations were recorded (here, as one was:
+    # a 10-iteration run under load) is used but named, and any measured run replaces it.
+    args = compare.parse_args(_argv(tmp_path, "--seeds", "5", "--cache-dir", str(tmp_path / "c")))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    key = compare.timing_key(plan[0]["cfg"], "teacher")
+    os.makedirs(args.cache_dir)
+    with open(os.path.join(args.cache_dir, "timings.json"), "w") as f:
+        json.dump({key: {"sec_per_iter": 8.5, "eval_seconds": 130.0, "source": "run old"}}, f)
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("d2kd.compare")
+    log.addHandler(handler)
+    try:
+        compare.estimate(args, plan[:1], allow_probe=False)
+    finally:
+        log.removeHandler(handler)
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "run old at a load that was not recorded" in warned[0], warned
+    assert compare.save_timing(args, key, 0.7, 20.0, "run new", iters=10, load=1.0)
+    assert compare.load_timings(args)[key]["sec_per_iter"] == 0.7
+
+
 def test_an_untimed_config_is_named_once_with_the_count_of_its_stages(tmp_path):
     # Seeds 5 and 6 share the student's and the distilled student's timing keys: one warning per
     # key (three before: one per stage), and the count of untimed stages in the estimate line.
