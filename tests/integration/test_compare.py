@@ -1,5 +1,6 @@
 """tools/compare.py on a few images and iterations: pairing by seed, caching, outputs, budget."""
 
+import contextlib
 import csv
 import json
 import logging
@@ -70,6 +71,25 @@ def _argv(tmp_path, *extra):
         "--opts", "SOLVER.IMS_PER_BATCH", "2",
         *extra,
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _compare_log():
+    """The records that the d2kd.compare logger emits inside the block, INFO and above."""
+    records, handler, log = [], logging.Handler(), logging.getLogger("d2kd.compare")
+    handler.emit = records.append
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _warnings(records):
+    return [r.getMessage() for r in records if r.levelno == logging.WARNING]
 
 
 def _recording_trainer(records):
@@ -184,18 +204,11 @@ def test_a_short_run_does_not_replace_a_full_runs_timing_and_a_loaded_one_is_fla
     assert compare.save_timing(args, key, 0.6, 20.0, "run again", iters=2000, load=3.0)
     assert compare.load_timings(args)[key]["source"] == "run again"
 
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    log = logging.getLogger("d2kd.compare")
-    log.addHandler(handler)
-    try:
+    with _compare_log() as records:
         compare.estimate(args, plan[:1], allow_probe=False)
         compare.save_timing(args, key, 0.6, 20.0, "run calm", iters=2000, load=1.0)
         compare.estimate(args, plan[:1], allow_probe=False)
-    finally:
-        log.removeHandler(handler)
-    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    warned = _warnings(records)
     assert len(warned) == 1 and "run again at a load of 3.0 per core" in warned[0], warned
 
 
@@ -210,16 +223,9 @@ def test_a_timing_stored_without_its_load_is_flagged_and_replaced_by_a_run(tmp_p
     with open(os.path.join(args.cache_dir, "timings.json"), "w") as f:
         json.dump({key: {"sec_per_iter": 8.5, "eval_seconds": 130.0, "source": "run old"}}, f)
 
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    log = logging.getLogger("d2kd.compare")
-    log.addHandler(handler)
-    try:
+    with _compare_log() as records:
         compare.estimate(args, plan[:1], allow_probe=False)
-    finally:
-        log.removeHandler(handler)
-    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    warned = _warnings(records)
     assert len(warned) == 1 and "run old at a load that was not recorded" in warned[0], warned
     assert compare.save_timing(args, key, 0.7, 20.0, "run new", iters=10, load=1.0)
     assert compare.load_timings(args)[key]["sec_per_iter"] == 0.7
@@ -236,19 +242,9 @@ def test_an_untimed_config_is_named_once_with_the_count_of_its_stages(tmp_path):
     assert sorted(n for _, n in untimed.values()) == [1, 2, 2], untimed
     assert {what.split()[1] for what, _ in untimed.values()} == {"teacher", "student", "distilled"}
 
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    log = logging.getLogger("d2kd.compare")
-    log.addHandler(handler)
-    level = log.level
-    log.setLevel(logging.INFO)
-    try:
+    with _compare_log() as records:
         compare.check_budget(args, plan)
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
-    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    warned = _warnings(records)
     assert len(warned) == 3 and sum("; 2 stage(s))" in w for w in warned) == 2, warned
     assert any("(5 stage(s) never timed" in r.getMessage() for r in records)
 
