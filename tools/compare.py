@@ -52,6 +52,8 @@ sys.path.insert(0, REPO)
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+from d2kd.engine.divergence import TrainingDivergedError  # noqa: E402
+
 from tools import demo  # noqa: E402
 from tools.compare_stats import mean_std, paired_gain, summarize  # noqa: E402
 from tools.results_table import format_ap  # noqa: E402
@@ -108,6 +110,8 @@ def variants(args) -> List[Tuple[str, List]]:
 def _cached(cfg, role: str) -> bool:
     """Whether run_cached_stage will reuse the stage: its files are there and its saved
     config.yaml (where there is one) differs from ``cfg`` in no key but those added since."""
+    if role == "distilled" and demo.recorded_divergence(cfg, role) is not None:
+        return True  # reported as diverged, not trained again (see run_stage)
     files = ("model_final.pth", f"{role}_metrics.json")
     if not all(os.path.isfile(os.path.join(cfg.OUTPUT_DIR, f)) for f in files):
         return False
@@ -370,10 +374,45 @@ def run_plan(args, plan: List[Dict]) -> None:
         logger.info(
             f"Stage {i + 1}/{len(plan)}: {p['role']} of {demo._rel(p['method'])}, seed {p['seed']}"
         )
-        out = demo.run_cached_stage(p["cfg"], args.retrain, p["role"])
-        if not out["cached"]:
+        out = run_stage(p["cfg"], args.retrain, p["role"])
+        if not out["cached"] and out["seconds"] is not None:
             record_timing(args, p["cfg"], p["role"], out["seconds"])
         p.update(out)
+
+
+def _diverged_result(record: Dict, cached: bool) -> Dict:
+    """run_stage's result for a distilled stage that diverged: no metrics, no weights."""
+    return {"metrics": None, "seconds": None, "weights": None, "cached": cached,
+            "diverged": record}  # fmt: skip
+
+
+def recorded_stage(cfg, role: str) -> Optional[Dict]:
+    """A distilled stage's recorded divergence as run_stage's result, or None."""
+    record = demo.recorded_divergence(cfg, role) if role == "distilled" else None
+    if record is None:
+        return None
+    logger.warning(
+        f"{cfg.OUTPUT_DIR} diverged when it was trained (iteration {record.get('iteration')}): "
+        "reported as diverged, not trained again (--retrain trains it again)"
+    )
+    return _diverged_result(record, cached=True)
+
+
+def run_stage(cfg, retrain: bool, role: str) -> Dict:
+    """demo.run_cached_stage, except that a distilled student whose training diverges (or
+    diverged before: demo.DIVERGED_FILE, unless ``retrain``) is returned as diverged
+    (:func:`_diverged_result`) so that the comparison goes on with its other stages; a teacher or
+    plain student that diverges stops it (the stages after it need its weights)."""
+    recorded = None if retrain else recorded_stage(cfg, role)
+    if recorded is not None:
+        return recorded
+    try:
+        return demo.run_cached_stage(cfg, retrain, role)
+    except TrainingDivergedError as e:
+        if role != "distilled":
+            raise
+        logger.warning(f"{cfg.OUTPUT_DIR}: the distilled student diverged; the comparison goes on")
+        return _diverged_result({"message": str(e), "iteration": e.iteration}, cached=False)
 
 
 def _watch_parent(parent: int, interval: float = 2.0) -> None:
@@ -399,7 +438,7 @@ def _stage_worker(args, cfg, role: str, threads: int, parent: int) -> Dict:
     for name in ("detectron2", "d2kd"):
         setup_logger(os.path.join(cfg.OUTPUT_DIR, "log.txt"), name=name, configure_stdout=False)
     demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
-    return demo.run_cached_stage(cfg, args.retrain, role)
+    return run_stage(cfg, args.retrain, role)
 
 
 def stage_waves(plan: List[Dict]) -> Tuple[List[Dict], List[Dict]]:
@@ -465,7 +504,11 @@ def _run_parallel(args, plan: List[Dict]) -> None:
     def submit(p):
         # A cached stage is read here: a worker process would cost its start-up (importing torch
         # and Detectron2, 10-50 s) to read two files. Trained ones go to a fresh worker.
-        out = demo.reuse_cached_stage(p["cfg"], p["role"]) if p["cached"] else None
+        out = None
+        if p["cached"]:
+            out = recorded_stage(p["cfg"], p["role"]) or demo.reuse_cached_stage(
+                p["cfg"], p["role"]
+            )
         if out is not None:
             done = Future()
             done.set_result(out)
@@ -503,10 +546,15 @@ def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> 
         logger.error(f"{where} failed: {type(e).__name__}: {e} (its log: {log})")
         failed.append((where, p, e))
         return False
-    if not out["cached"]:
+    if not out["cached"] and out["seconds"] is not None:
         record_timing(args, p["cfg"], p["role"], out["seconds"])
     p.update(out)
-    logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
+    if out.get("diverged"):
+        logger.warning(
+            f"Finished {where}: diverged at iteration {out['diverged'].get('iteration')}"
+        )
+    else:
+        logger.info(f"Finished {where}: AP {format_ap(out['metrics'].get('AP'))}")
     return True
 
 
@@ -604,7 +652,11 @@ def calibration_rows(args, plan: List[Dict]) -> List[Dict]:
                 and p["variant"] == v}
             for v in ("", label)
         }  # fmt: skip
-        seeds = sorted(set(runs[""]) & set(runs[label]))
+        seeds = sorted(
+            s
+            for s in set(runs[""]) & set(runs[label])
+            if runs[""][s]["metrics"] and runs[label][s]["metrics"]
+        )  # fmt: skip  (a diverged run has no metrics: compare_rows names it)
         name = os.path.splitext(os.path.basename(method))[0]
         row = {"model": f"{name}: {label} - shipped", "config": demo._rel(method),
                "seeds": seeds, "n": len(seeds)}  # fmt: skip
@@ -626,7 +678,8 @@ def calibration_rows(args, plan: List[Dict]) -> List[Dict]:
 
 
 def _metrics(p: Dict) -> Dict[str, float]:
-    return {m: p["metrics"].get(m) for m in METRICS}
+    """The stage's METRICS (None each for a diverged one)."""
+    return {m: (p["metrics"] or {}).get(m) for m in METRICS}
 
 
 def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
@@ -641,12 +694,13 @@ def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
             if p["role"] == "distilled" and p["method"] == method and p["variant"] == label
         }
         plain = {s: by_dir[p["plain_dir"]] for s, p in kd.items()}
-        stats = summarize(
-            {s: _metrics(p) for s, p in plain.items()}, {s: _metrics(p) for s, p in kd.items()},
-            METRICS,
-        )  # fmt: skip
+        plain_metrics = {s: _metrics(p) for s, p in plain.items()}
+        # A diverged distilled run has no AP: its seed leaves the method's row (and its pairs).
+        finished = {s: p for s, p in kd.items() if not p.get("diverged")}
+        stats = summarize(plain_metrics, {s: _metrics(p) for s, p in finished.items()}, METRICS)
+        plain_stats = summarize(plain_metrics, plain_metrics, METRICS)
         name = os.path.splitext(os.path.basename(method))[0]
-        plain_row = _row(f"plain student ({name})", plain, stats, "plain", None)
+        plain_row = _row(f"plain student ({name})", plain, plain_stats, "plain", None)
         plain_row["config"] = demo._rel(method)
         plain_row["plain_dirs"] = sorted(p["cfg"].OUTPUT_DIR for p in plain.values())
         if plain_row["plain_dirs"] not in [r.get("plain_dirs") for r in rows]:
@@ -654,12 +708,27 @@ def summarize_plan(args, plan: List[Dict]) -> List[Dict]:
         # Calibration turned on by the config or --kd-opts (not --calibrated) is named too.
         on = label or any(p["cfg"].MODEL.KD.CALIBRATE.ENABLED for p in kd.values())
         kd_name = f"{name} ({label or CALIBRATED[0]})" if on else name
-        rows.append({**_row(kd_name, kd, stats, "distilled", "gain"), "config": demo._rel(method)})
+        row = _row(kd_name, finished, stats, "distilled", "gain")
+        row["diverged"] = {
+            s: p["diverged"].get("iteration") for s, p in kd.items() if s not in finished
+        }
+        rows.append({**row, "config": demo._rel(method)})
     return rows
 
 
+def warn_diverged(rows: List[Dict]) -> None:
+    """A WARNING per summary row with diverged runs: its n, mean and gain leave them out."""
+    for r in rows:
+        if r.get("diverged"):
+            seeds = ", ".join(str(seed) for seed in sorted(r["diverged"]))
+            logger.warning(
+                f"{r['model']}: diverged at seed(s) {seeds}; its mean and paired gain are over "
+                f"the other {r['n']} seed(s) (compare.json 'runs' has each divergence's message)"
+            )
+
+
 def _row(name: str, runs: Dict[int, Dict], stats: Dict, side: str, gain: Optional[str]) -> Dict:
-    seconds = mean_std([p["seconds"] for p in runs.values()])
+    seconds = mean_std([p["seconds"] for p in runs.values() if p["seconds"] is not None])
     row = {"model": name, "seeds": sorted(runs), "n": len(runs), "seconds_mean": seconds["mean"]}
     row["cached"] = sum(bool(p["cached"]) for p in runs.values())
     for m in METRICS:
@@ -689,6 +758,9 @@ def format_rows(rows: List[Dict]) -> str:
             f"{r['model'][:52]:<52}{r['n']:>3}{_pm(r['AP_mean'], r['AP_std']):>14}"
             f"{_pm(r['AP50_mean'], r['AP50_std']):>14}{gain:>28}{secs:>8}"
         )
+        if r.get("diverged"):
+            at = ", ".join(f"seed {s} at iteration {i}" for s, i in sorted(r["diverged"].items()))
+            lines.append(f"  ^ diverged, left out of n and the gain: {at}")
     return "\n".join(lines)
 
 
@@ -754,23 +826,30 @@ def write_outputs(
          "seed": p["seed"],
          "cached": p["cached"], "seconds": p["seconds"], "iters": p["cfg"].SOLVER.MAX_ITER,
          "config": demo._rel(os.path.join(p["cfg"].OUTPUT_DIR, "config.yaml")),
-         "weights": demo._rel(p["weights"]), "versions": p.get("versions"),
-         "kd_calibration": p.get("kd_calibration"), **_metrics(p)}
+         "weights": p["weights"] and demo._rel(p["weights"]), "versions": p.get("versions"),
+         "kd_calibration": p.get("kd_calibration"), "diverged": p.get("diverged"),
+         **_metrics(p)}
         for p in plan
     ]  # fmt: skip
     with open(os.path.join(args.output, "compare.json"), "w") as f:
         summary = {"summary": rows, "calibrated_vs_shipped": calib_rows, "runs": runs}
         json.dump(_clean({**meta, **summary}), f, indent=2)
-    fields = ["model", "config", "n", "seeds", "cached", "seconds_mean"]
+    fields = ["model", "config", "n", "seeds", "diverged", "cached", "seconds_mean"]
     for m in METRICS:
         fields += [f"{m}_mean", f"{m}_std", f"gain_{m}", f"gain_{m}_ci_low", f"gain_{m}_ci_high"]
     with open(os.path.join(args.output, "compare.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows([{**_clean(r), "seeds": " ".join(map(str, r["seeds"]))} for r in rows])
+        writer.writerows([_csv_row(r) for r in rows])
     if calib_rows:
         write_calibration_csv(calib_rows, os.path.join(args.output, "compare_calibrated.csv"))
     plot(rows, os.path.join(args.output, "compare.png"))
+
+
+def _csv_row(row: Dict) -> Dict:
+    """A summary row for compare.csv: seeds joined by spaces, diverged runs as seed:iteration."""
+    diverged = " ".join(f"{s}:{i}" for s, i in sorted((row.get("diverged") or {}).items()))
+    return {**_clean(row), "seeds": " ".join(map(str, row["seeds"])), "diverged": diverged}
 
 
 def write_calibration_csv(calib_rows: List[Dict], path: str) -> None:
@@ -907,6 +986,7 @@ def main(argv=None) -> List[Dict]:
         )
     rows = summarize_plan(args, plan)
     calib_rows = calibration_rows(args, plan)
+    warn_diverged(rows)
     meta = {
         "methods": [demo._rel(m) for m in args.methods],
         "seeds": args.seeds,

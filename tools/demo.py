@@ -57,6 +57,7 @@ from d2kd.config.load import _read_yaml  # noqa: E402  (safe: no tag but arithme
 from d2kd.data import register_shapes, shapes_root  # noqa: E402
 from d2kd.data.shapes import SPLITS, ensure_shapes_dataset  # noqa: E402
 from d2kd.engine import write_run_info  # noqa: E402
+from d2kd.engine.divergence import TrainingDivergedError  # noqa: E402
 from d2kd.engine.startup import check_num_classes, check_training_data  # noqa: E402
 from d2kd.modeling.teacher import resolve_config_path  # noqa: E402
 from d2kd.utils.files import exclusive_lock, try_exclusive_lock  # noqa: E402
@@ -79,6 +80,10 @@ logger = logging.getLogger("d2kd.demo")
 # starting over. Not a config key: the cache keys of stages trained before this existed still hold.
 RESUME_PERIOD = 200
 RESUME_FILE = "resume.pth"
+# What a stage that stopped with TrainingDivergedError leaves in its folder (the error's message
+# and iteration): tools/compare.py reports such a distilled stage as diverged instead of training
+# it again (--retrain does), and the demo names it.
+DIVERGED_FILE = "diverged.json"
 RESUME_PARTIAL = "resume.partial"  # the name a resume point is written under before the rename
 
 
@@ -553,10 +558,38 @@ def _run_stage_locked(cfg, retrain: bool, role: str, stage: str, label: str) -> 
     logger.info(
         f"Stage {stage}: training the {label} ({cfg.SOLVER.MAX_ITER} iterations) -> {weights}"
     )
-    metrics, seconds = train_and_evaluate(cfg, role, retrain)
+    diverged = os.path.join(cfg.OUTPUT_DIR, DIVERGED_FILE)
+    if os.path.isfile(diverged):  # a former run's record: this training replaces it
+        os.remove(diverged)
+    try:
+        metrics, seconds = train_and_evaluate(cfg, role, retrain)
+    except TrainingDivergedError as e:
+        with open(diverged, "w") as f:
+            json.dump({"message": str(e), "iteration": e.iteration}, f, indent=2)
+        logger.error(f"Stage {stage}: the {label} diverged; recorded in {diverged}")
+        raise
     with open(metrics_file, "w") as f:
         json.dump({"metrics": metrics, "seconds": seconds}, f, indent=2)
     return {"metrics": metrics, "seconds": seconds, "weights": weights, "cached": False}
+
+
+def recorded_divergence(cfg, role: str) -> Optional[Dict]:
+    """The divergence record (``{"message", "iteration"}``) that a run of ``cfg`` left in its
+    stage folder, or None: no record, an unreadable one, or one written with another config
+    (its ``config.yaml`` differs; the folder is then left as it is, for the training to judge)."""
+    path = os.path.join(cfg.OUTPUT_DIR, DIVERGED_FILE)
+    if not os.path.isfile(path):
+        return None
+    found = compare_with_cached(cfg, role)
+    if found is None or found[0]:
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        logger.warning(f"{path} is unreadable ({e}): the stage is trained again")
+        return None
+    return record if isinstance(record, dict) and "message" in record else None
 
 
 def _check_resume_point(cfg, role: str, retrain: bool) -> None:

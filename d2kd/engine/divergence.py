@@ -16,7 +16,12 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(FloatingPointError):
-    """Raised when a loss term is non-finite or explodes (a FloatingPointError, as Detectron2's)."""
+    """Raised when a loss term is non-finite or explodes (a FloatingPointError, as Detectron2's);
+    ``iteration``: the training iteration it was found at (None where not known)."""
+
+    def __init__(self, message: str, iteration=None):
+        super().__init__(message)
+        self.iteration = iteration
 
 
 class DivergenceHook(HookBase):
@@ -60,7 +65,7 @@ class DivergenceHook(HookBase):
         if found is not None:
             message = self.message(found)
             logger.error(message)
-            raise TrainingDivergedError(message)
+            raise TrainingDivergedError(message, found.iteration)
 
     @staticmethod
     def _values(losses: Dict[str, torch.Tensor]) -> Dict[str, float]:

@@ -602,3 +602,59 @@ def test_calibrated_comparison_writes_the_measured_scales(tmp_path):
     assert row["start_ratio"][loss] == [pytest.approx(ratio)]
     assert row["seeds"] == [5] and row["n"] == 1  # (AP is NaN after 2 iterations)
     assert (tmp_path / "out" / "compare_calibrated.csv").exists()
+
+
+def test_a_diverged_distilled_run_is_reported_and_the_comparison_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    from d2kd.utils import divergence
+
+    # The divergence check of the real training loop fires at seed 6's distilled student only.
+    seed = {}
+    real_train, real_update = demo.train_and_evaluate, divergence.DivergenceMonitor.update
+
+    def train(cfg, role="distilled", retrain=False):
+        seed["now"] = (cfg.SEED, role)
+        return real_train(cfg, role, retrain)
+
+    def update(self, iteration, losses):
+        if seed["now"] == (6, "distilled"):
+            return divergence.Divergence(iteration, [("loss_kd_x", float("nan"), None)],
+                                         iteration, ["loss_kd_x"])  # fmt: skip
+        return real_update(self, iteration, losses)
+
+    monkeypatch.setattr(demo, "train_and_evaluate", train)
+    monkeypatch.setattr(divergence.DivergenceMonitor, "update", update)
+    with _compare_log() as records:
+        rows = compare.main(_argv(tmp_path))
+    kd = rows[1]
+    assert (kd["n"], kd["seeds"], kd["diverged"]) == (1, [5], {6: 0})
+    assert rows[0]["n"] == 2  # the plain row keeps both seeds
+    assert kd["gain_AP_ci_low"] is None  # one pair: no interval
+    assert (
+        "^ diverged, left out of n and the gain: seed 6 at iteration 0" in capsys.readouterr().out
+    )
+    assert any("diverged at seed(s) 6" in w for w in _warnings(records))
+    out = tmp_path / "out"
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    diverged = [r for r in runs if r["diverged"]]
+    assert [(r["role"], r["seed"]) for r in diverged] == [("distilled", 6)]
+    assert "training diverged at iteration 0: loss_kd_x = nan" in diverged[0]["diverged"]["message"]
+    assert diverged[0]["AP"] is None
+    with open(out / "compare.csv") as f:
+        assert [r["diverged"] for r in csv.DictReader(f)] == ["", "6:0"]
+    stage = Path(diverged[0]["config"]).parent
+    assert json.loads((stage / demo.DIVERGED_FILE).read_text())["iteration"] == 0
+
+    # Again (the parallel path): the divergence is reused from its record, nothing is trained.
+    monkeypatch.setattr(demo, "train_and_evaluate", lambda *a, **k: pytest.fail("trained again"))
+    with _compare_log() as records:
+        again = compare.main(_argv(tmp_path, "--jobs", "2"))
+    assert again[1]["diverged"] == {6: 0} and again[1]["seeds"] == [5]
+    assert any("reported as diverged, not trained again" in w for w in _warnings(records))
+    # --retrain trains it again (here: the stand-in training is called).
+    args = compare.parse_args(_argv(tmp_path, "--retrain"))
+    data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+    plan = compare.build_plan(args, data)
+    assert [p["cached"] for p in plan if p["role"] == "distilled"] == [False, False]
+    assert compare.recorded_stage(plan[-1]["cfg"], "distilled")["diverged"]["iteration"] == 0
