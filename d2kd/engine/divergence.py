@@ -55,6 +55,15 @@ class DivergenceHook(HookBase):
                 f"above FACTOR {self.monitor.factor})"
             )
 
+    def state_dict(self):
+        """The monitor's state, saved with every checkpoint (``trainer.hooks.DivergenceHook``):
+        ``--resume`` and tools/demo.py's resume points then stop a run where an uninterrupted one
+        would stop."""
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.monitor.load_state_dict(state_dict)
+
     def _capture(self, module, inputs, output):
         """Forward hook: check the loss dict of a training forward (before backward and before
         Detectron2 writes the metrics; HookBase.after_backward is not called for the hooks of a

@@ -138,6 +138,28 @@ class DivergenceMonitor:
         best = self._best.get(name)
         return None if best is None else max(best, self.min_loss)
 
+    def state_dict(self) -> Dict:
+        """What the monitor has seen (plain lists and numbers, for a checkpoint), so that a resumed
+        run compares its losses with the interrupted run's lowest running medians, as an
+        uninterrupted run does (a fresh monitor would take the post-resume medians instead)."""
+        return {
+            "history": {k: list(v) for k, v in self._history.items()},
+            "best": dict(self._best),
+            "rise": dict(self._rise),
+            "max_ratio": dict(self.max_ratio),
+        }
+
+    def load_state_dict(self, state: Dict) -> None:
+        """Restore what :meth:`state_dict` returned (the window keeps its last ``window``
+        values)."""
+        self._history = {
+            k: deque((float(x) for x in v), maxlen=self.window)
+            for k, v in state.get("history", {}).items()
+        }
+        self._best = {k: float(v) for k, v in state.get("best", {}).items()}
+        self._rise = {k: int(v) for k, v in state.get("rise", {}).items()}
+        self.max_ratio = {k: float(v) for k, v in state.get("max_ratio", {}).items()}
+
     def _record(self, name: str, value: float) -> None:
         hist = self._history.setdefault(name, deque(maxlen=self.window))
         hist.append(value)

@@ -344,6 +344,9 @@ def test_a_killed_stage_goes_on_from_its_resume_point_to_the_uninterrupted_resul
         demo.train_and_evaluate(killed)
     resume = os.path.join(killed.OUTPUT_DIR, demo.RESUME_FILE)
     assert os.path.isfile(resume)
+    # The divergence check's history goes with it (so a resumed run stops where a whole one does).
+    saved = torch.load(resume, weights_only=True)["trainer"]["hooks"]["DivergenceHook"]
+    assert saved["history"] and all(len(v) == 2 for v in saved["history"].values())
     assert not os.path.isfile(os.path.join(killed.OUTPUT_DIR, "model_final.pth"))
     monkeypatch.setattr(demo.DemoTrainer, "run_step", run_step)
 

@@ -97,3 +97,27 @@ def test_advice_follows_the_group_that_rose_first():
     assert "(SOLVER.CLIP_GRADIENTS, norm 35.0) keeps the steps finite" in det_only
     plain = divergence_advice("detection", 0.01, 100, None, None)
     assert plain.startswith("Lower the learning rate") and "LOSS_WEIGHTS" not in plain
+
+
+def test_a_monitor_restored_from_its_state_stops_where_an_uninterrupted_one_does():
+    # The running median drifts up from 9.0 to 9.6; a spike of 930 is 103x the lowest median
+    # (9.0) but 97x the medians after iteration 50, where the run is interrupted.
+    seq = [{"loss_kd_x": 9.0}] * 50 + [{"loss_kd_x": 9.6}] * 60 + [{"loss_kd_x": 930.0}]
+
+    def run(restore):
+        first = DivergenceMonitor(factor=100, window=20, min_history=5)
+        assert _feed(first, seq[:50]) == (None, None)
+        resumed = DivergenceMonitor(factor=100, window=20, min_history=5)
+        if restore:
+            resumed.load_state_dict(first.state_dict())
+        for it in range(50, len(seq)):
+            found = resumed.update(it, seq[it])
+            if found is not None:
+                return it, found
+        return None, None
+
+    uninterrupted = _feed(DivergenceMonitor(factor=100, window=20, min_history=5), seq)
+    assert uninterrupted[0] == 110 and uninterrupted[1].terms[0][2] == 9.0
+    restored = run(restore=True)
+    assert restored[0] == 110 and restored[1].terms == uninterrupted[1].terms
+    assert run(restore=False) == (None, None)  # what a fresh monitor after a resume did
