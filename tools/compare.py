@@ -655,8 +655,8 @@ def calibration_rows(args, plan: List[Dict]) -> List[Dict]:
         seeds = sorted(
             s
             for s in set(runs[""]) & set(runs[label])
-            if runs[""][s]["metrics"] and runs[label][s]["metrics"]
-        )  # fmt: skip  (a diverged run has no metrics: compare_rows names it)
+            if not (runs[""][s].get("diverged") or runs[label][s].get("diverged"))
+        )  # fmt: skip  (a diverged run has no metrics: its summary row names it)
         name = os.path.splitext(os.path.basename(method))[0]
         row = {"model": f"{name}: {label} - shipped", "config": demo._rel(method),
                "seeds": seeds, "n": len(seeds)}  # fmt: skip

@@ -583,6 +583,13 @@ def test_calibration_rows_pair_calibrated_with_shipped_and_report_the_measured_s
     compare.write_calibration_csv([row], str(tmp_path / "c.csv"))
     (line,) = list(csv.DictReader(open(tmp_path / "c.csv")))
     assert line["seeds"] == "5 6 7" and line["start_ratio/PGDLoss"] == "92.5 93 nan"
+    # A diverged shipped run leaves its seed out of the pairs.
+    shipped_6 = next(
+        p for p in plan if (p["role"], p["seed"], p["variant"]) == ("distilled", 6, "")
+    )
+    shipped_6.update({"metrics": None, "diverged": {"message": "m", "iteration": 3}})
+    (row,) = compare.calibration_rows(args, plan)
+    assert row["seeds"] == [5, 7] and row["diff_AP"] == pytest.approx((5.5 + 5.2) / 2)
     args.calibrated = False
     assert compare.calibration_rows(args, plan) == []
 
