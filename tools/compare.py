@@ -728,7 +728,7 @@ def warn_diverged(rows: List[Dict]) -> None:
 
 
 def _row(name: str, runs: Dict[int, Dict], stats: Dict, side: str, gain: Optional[str]) -> Dict:
-    seconds = mean_std([p["seconds"] for p in runs.values() if p["seconds"] is not None])
+    seconds = mean_std([p["seconds"] for p in runs.values()])
     row = {"model": name, "seeds": sorted(runs), "n": len(runs), "seconds_mean": seconds["mean"]}
     row["cached"] = sum(bool(p["cached"]) for p in runs.values())
     for m in METRICS:

@@ -659,9 +659,16 @@ def test_a_diverged_distilled_run_is_reported_and_the_comparison_goes_on(
         again = compare.main(_argv(tmp_path, "--jobs", "2"))
     assert again[1]["diverged"] == {6: 0} and again[1]["seeds"] == [5]
     assert any("reported as diverged, not trained again" in w for w in _warnings(records))
-    # --retrain trains it again (here: the stand-in training is called).
-    args = compare.parse_args(_argv(tmp_path, "--retrain"))
+    # Retrained, the stage is trained again and its former record removed.
+    args = compare.parse_args(_argv(tmp_path))
     data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
-    plan = compare.build_plan(args, data)
-    assert [p["cached"] for p in plan if p["role"] == "distilled"] == [False, False]
-    assert compare.recorded_stage(plan[-1]["cfg"], "distilled")["diverged"]["iteration"] == 0
+    cfg = compare.build_plan(args, data)[-1]["cfg"]
+    assert compare.recorded_stage(cfg, "distilled")["diverged"]["iteration"] == 0
+
+    def stand_in(*a, **k):
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr(demo, "train_and_evaluate", stand_in)
+    with pytest.raises(RuntimeError, match="trained again"):
+        compare.run_stage(cfg, True, "distilled")
+    assert compare.recorded_stage(cfg, "distilled") is None

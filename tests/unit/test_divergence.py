@@ -8,10 +8,10 @@ import pytest
 from d2kd.utils.divergence import DivergenceMonitor, divergence_advice
 
 
-def _feed(monitor, seq):
-    """Feed a list of loss dicts from iteration 0; return (iteration, Divergence) of the first
-    hit."""
-    for it, losses in enumerate(seq):
+def _feed(monitor, seq, start=0):
+    """Feed a list of loss dicts from iteration ``start``; return (iteration, Divergence) of the
+    first hit."""
+    for it, losses in enumerate(seq, start):
         found = monitor.update(it, losses)
         if found is not None:
             return it, found
@@ -110,11 +110,7 @@ def test_a_monitor_restored_from_its_state_stops_where_an_uninterrupted_one_does
         resumed = DivergenceMonitor(factor=100, window=20, min_history=5)
         if restore:
             resumed.load_state_dict(first.state_dict())
-        for it in range(50, len(seq)):
-            found = resumed.update(it, seq[it])
-            if found is not None:
-                return it, found
-        return None, None
+        return _feed(resumed, seq[50:], start=50)
 
     uninterrupted = _feed(DivergenceMonitor(factor=100, window=20, min_history=5), seq)
     assert uninterrupted[0] == 110 and uninterrupted[1].terms[0][2] == 9.0
