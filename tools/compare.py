@@ -931,7 +931,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda", help="cuda (falls back to cpu when absent) or cpu")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers per stage")
     p.add_argument("--retrain", action="store_true", help="ignore every cached stage")
-    p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for every stage")
+    p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides for every stage "
+                   "(the teacher inside a distilled stage gets no SOLVER.* key)")  # fmt: skip
     p.add_argument("--kd-opts", nargs="*", default=[], help="KEY VALUE overrides for the "
                    "distilled stages only (SEED is set by --seeds)")  # fmt: skip
     p.add_argument("--student-opts", nargs="*", default=[], help="KEY VALUE overrides for the "

@@ -611,6 +611,17 @@ def _check_resume_point(cfg, role: str, retrain: bool) -> None:
         check_cached_config(cfg, role)  # a differing config moves it aside with the rest
 
 
+def frozen_teacher_opts(opts: List) -> List:
+    """The ``KEY VALUE`` pairs of ``opts`` that a frozen teacher built inside a distilled stage
+    reads: all but the ``SOLVER.*`` keys. Those shaped how the teacher was trained, so they are in
+    the teacher's key (:func:`teacher_cfg`) and hence in its weights' path; passed on to
+    ``MODEL.KD.TEACHER.OPTS`` they would change nothing but the distilled stage's key, so that a
+    solver override given on the command line and the same value written in the config would
+    train the same distilled stage twice."""
+    pairs = zip(opts[0::2], opts[1::2])
+    return [x for key, value in pairs if not str(key).startswith("SOLVER.") for x in (key, value)]
+
+
 def student_cfgs(args, data: Dict, teacher_weights: str):
     """Stage 3's two configs: the same student and schedule, without and with distillation."""
     out = os.path.join(args.output, "distilled")
@@ -619,7 +630,7 @@ def student_cfgs(args, data: Dict, teacher_weights: str):
     kd = stage_cfg(args.method, args.student_iters, data, args, out, opts)
     kd.MODEL.KD.TEACHER.CONFIG_FILE = args.teacher
     kd.MODEL.KD.TEACHER.WEIGHTS = teacher_weights
-    kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + list(args.opts)
+    kd.MODEL.KD.TEACHER.OPTS = list(kd.MODEL.KD.TEACHER.OPTS) + frozen_teacher_opts(args.opts)
     plain = kd.clone()
     plain.MODEL.META_ARCHITECTURE = kd.MODEL.KD.STUDENT_META_ARCHITECTURE
     # The plain student does not depend on the method: methods sharing a student and schedule
@@ -732,7 +743,11 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers per stage")
     p.add_argument("--retrain", action="store_true", help="ignore a cached teacher and student")
     p.add_argument(
-        "--opts", nargs="*", default=[], help="KEY VALUE config overrides for every stage"
+        "--opts",
+        nargs="*",
+        default=[],
+        help="KEY VALUE config overrides for every stage (the teacher inside the distilled stage "
+        "gets no SOLVER.* key)",
     )
     p.add_argument(
         "--kd-opts",

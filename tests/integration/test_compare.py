@@ -475,6 +475,32 @@ def test_student_opts_change_both_students_and_not_the_teacher(tmp_path):
             assert "SOLVER.BASE_LR" not in cfg.MODEL.KD.TEACHER.OPTS
 
 
+def test_a_solver_override_equal_to_the_config_keys_every_stage_as_without_it(tmp_path):
+    """A solver key in --opts reaches the teacher's training (its key) but not the distilled
+    stage's MODEL.KD.TEACHER.OPTS, which a frozen teacher would never read: given with the
+    config's own value, it re-keys no stage. A non-solver key still reaches the teacher."""
+
+    def plan_of(opts):
+        argv = _argv(tmp_path) + ["--opts", "SOLVER.IMS_PER_BATCH", "2", *opts]
+        args = compare.parse_args(argv)
+        data = demo.prepare_data(args.data_root, args.train_images, args.val_images, args.dataset)
+        return {(p["role"], p["seed"]): p["cfg"] for p in compare.build_plan(args, data)}
+
+    base = plan_of([])
+    lr = str(base[("teacher", 42)].SOLVER.BASE_LR)
+    assert lr == str(base[("student", 5)].SOLVER.BASE_LR)  # the same value in both configs
+    same = plan_of(["SOLVER.BASE_LR", lr])
+    assert {k: c.OUTPUT_DIR for k, c in same.items()} == {k: c.OUTPUT_DIR for k, c in base.items()}
+    distilled = [c for (role, _), c in same.items() if role == "distilled"]
+    assert distilled and all(
+        not any(str(o).startswith("SOLVER.") for o in c.MODEL.KD.TEACHER.OPTS) for c in distilled
+    )
+    model_key = plan_of(["INPUT.MIN_SIZE_TEST", "96"])
+    for (role, _), cfg in model_key.items():
+        if role == "distilled":
+            assert cfg.MODEL.KD.TEACHER.OPTS[-2:] == ["INPUT.MIN_SIZE_TEST", "96"]
+
+
 def test_teacher_method_gives_each_method_its_own_teacher(tmp_path):
     """``--teacher method`` with methods whose configs name different teachers: each distils from
     its own (before the fix, every method read the first method's teacher)."""
