@@ -563,7 +563,7 @@ def _record(args, plan: List[Dict], index: Dict, fut, p: Dict, failed: List) -> 
 # config checked against the current defaults.
 NUMERIC_VERSIONS = (
     "torch", "torchvision", "detectron2", "detectron2_commit", "numpy", "pillow", "pycocotools",
-    "python", "cpu",
+    "python", "cpu", "cpu_capability", "opencv",
 )  # fmt: skip
 
 

@@ -130,18 +130,41 @@ def run_info(cfg) -> dict:
 
 def _library_versions() -> dict:
     """Versions of the other libraries a stage's numbers depend on (image decoding and resizing,
-    COCO evaluation), the Python version and the CPU model: what ``tools/compare.py`` compares
-    between the stages it pairs. A library that is not installed reads "absent"."""
+    COCO evaluation, OpenCV, which draws the synthetic shapes images), the Python version, the CPU
+    model and the instruction set PyTorch's CPU kernels use (``cpu_capability``, e.g. AVX2 or
+    AVX512: two CPUs both named "AMD EPYC" may differ there, and kernels of different widths round
+    differently): what ``tools/compare.py`` compares between the stages it pairs. A library that
+    is not installed reads "absent"."""
     import platform
     from importlib import metadata
 
     out = {"python": platform.python_version(), "cpu": _cpu_model()}
+    out["cpu_capability"] = _cpu_capability()
     for name in ("torchvision", "numpy", "pillow", "pycocotools"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "absent"
+    out["opencv"] = _opencv_version()
     return out
+
+
+def _cpu_capability() -> str:
+    """The SIMD level of PyTorch's CPU kernels ("AVX2", "AVX512", "DEFAULT", ...), or "unknown"
+    on a PyTorch without ``torch.backends.cpu.get_cpu_capability``."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except AttributeError:
+        return "unknown"
+
+
+def _opencv_version() -> str:
+    """``cv2.__version__``, whichever of the OpenCV wheels provides it, or "absent"."""
+    try:
+        import cv2
+    except ImportError:
+        return "absent"
+    return str(getattr(cv2, "__version__", "unknown"))
 
 
 def _cpu_model() -> str:

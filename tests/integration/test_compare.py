@@ -429,7 +429,10 @@ def test_stages_of_another_environment_are_named_in_a_warning(tmp_path):
     versions = {json.dumps(r["versions"], sort_keys=True) for r in saved["runs"]}
     assert len(versions) == 1 and saved["runs"][0]["versions"]["torch"] == torch.__version__
     log = tmp_path / "out" / "log.txt"
-    assert {"numpy", "pillow", "cpu"} <= set(saved["runs"][0]["versions"])
+    assert {"numpy", "pillow", "cpu", "cpu_capability", "opencv"} <= set(
+        saved["runs"][0]["versions"]
+    )
+    assert saved["runs"][0]["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert "different environments" not in log.read_text()
     # A stage from before a key was recorded (numpy here) is compared on the other keys only.
     plain = next(Path(r["weights"]).parent for r in saved["runs"] if r["role"] == "student")
@@ -448,6 +451,14 @@ def test_stages_of_another_environment_are_named_in_a_warning(tmp_path):
     assert '"torch": "2.0.0+other"' in warning and str(plain) in warning
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert {r["versions"]["torch"] for r in saved["runs"]} == {torch.__version__, "2.0.0+other"}
+    # The same torch on a CPU whose kernels use another instruction set is another environment.
+    info["versions"]["torch"] = torch.__version__
+    info["versions"]["cpu_capability"] = "AVX512-other"
+    (plain / "run_info.json").write_text(json.dumps(info))
+    log.write_text("")
+    compare.main(argv)
+    warning = log.read_text()
+    assert '"cpu_capability": "AVX512-other"' in warning[warning.index("different environments") :]
 
 
 def test_a_failed_parallel_stage_is_named_with_its_log(tmp_path):
