@@ -353,7 +353,8 @@ def _digest(cfg, data: Dict) -> str:
 def teacher_cfg(method_cfg, data: Dict, args):
     """The teacher's training config, cached under :func:`_digest` of the resolved config and the
     data."""
-    # The same overrides, in the same order, as DistillDetector will apply (see student_cfgs).
+    # The same overrides, in the same order, as DistillDetector will apply (see student_cfgs),
+    # plus the SOLVER.* keys of --opts, which only the teacher's training reads.
     opts = list(method_cfg.MODEL.KD.TEACHER.OPTS) + list(args.opts)
     cfg = stage_cfg(args.teacher, args.teacher_iters, data, args, "", opts)
     cfg.OUTPUT_DIR = os.path.join(args.cache_dir, "teachers", _digest(cfg, data))
